@@ -1,0 +1,22 @@
+"""The `stabmon` command line: a thin typer shell over library functions.
+
+Each subcommand lives in its own module and imports its heavy dependencies
+(torch, FastAPI, SQLAlchemy) inside the command, so `stabmon --help` stays fast and
+a collector-only install never needs torch.
+"""
+
+import typer
+
+app = typer.Typer(
+    name="stabmon",
+    help="Divergence-detection monitoring for LLM training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Subcommands register themselves here, one line each (keep them sorted).
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,220 @@
+"""The wire contract between the training side and the collector.
+
+Both sides import these definitions (pydantic only, no torch, no web stack), so
+the payload schema, the series-key grammar and the non-finite encoding cannot drift.
+
+Series keys
+-----------
+Every statistic is one series, named by a dotted key:
+
+- ``layer.{i}.{site}.{stat}``: a per-layer statistic. ``site`` is one of
+  :data:`SITES` (``qkv``, ``q``, ``k``, ``v``, ``proj``, ``fc1``, ``fc2``, ``attn``);
+  ``stat`` is e.g. ``l2_mean``, ``l2_max``, ``logit_max``, ``logit_bound``, ``entropy_mean``.
+  Example: ``layer.3.fc2.l2_mean``, ``layer.0.attn.logit_max``.
+- a run-level name without a layer: ``loss``, ``lr``, ``grad_norm``, ``val_loss``, or
+  anything the user passes to ``monitor.step(**extra)`` (``tokens_per_s``, ...).
+
+Keys match :data:`KEY_PATTERN`: ASCII letters, digits and ``_``, in dot-separated parts,
+at most :data:`MAX_KEY_LEN` characters.
+
+Values
+------
+JSON has no NaN or infinity, and a diverging run produces both; they are data, not
+errors. A value is a JSON number, or one of the strings ``"nan"``, ``"inf"``, ``"-inf"``.
+:func:`encode_value` and :func:`decode_value` convert between floats and that form.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+
+# ---------------------------------------------------------------------------
+# Limits. They are part of the contract: the collector rejects anything beyond
+# them with a 4xx that names the limit, and the client never builds a batch past them.
+# ---------------------------------------------------------------------------
+MAX_KEY_LEN = 128
+MAX_VALUES_PER_POINT = 2048
+MAX_POINTS_PER_BATCH = 10_000
+MAX_BATCH_ID_LEN = 128
+MAX_NAME_LEN = 200
+MAX_STEP = 2**53  # exact in a float64 / JSON number
+
+KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$"
+_KEY_RE = re.compile(KEY_PATTERN)
+_LAYER_KEY_RE = re.compile(r"^layer\.(\d+)\.([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
+
+SITES = ("qkv", "q", "k", "v", "proj", "fc1", "fc2", "attn")
+"""Sites of a transformer block that stabmon monitors (``attn`` carries logit/entropy stats)."""
+
+NonFinite = Literal["nan", "inf", "-inf"]
+WireValue = StrictFloat | StrictInt | NonFinite
+
+
+def encode_value(x: float) -> float | str:
+    """A float as it travels: finite floats unchanged, NaN/inf as strings."""
+    if math.isfinite(x):
+        return float(x)
+    if math.isnan(x):
+        return "nan"
+    return "inf" if x > 0 else "-inf"
+
+
+def decode_value(v: float | int | str) -> float:
+    """The inverse of :func:`encode_value`."""
+    if isinstance(v, str):
+        if v not in ("nan", "inf", "-inf"):
+            raise ValueError(f"not a number or one of 'nan', 'inf', '-inf': {v!r}")
+        return float(v)
+    return float(v)
+
+
+def is_valid_key(key: str) -> bool:
+    return len(key) <= MAX_KEY_LEN and _KEY_RE.match(key) is not None
+
+
+def layer_key(layer: int, site: str, stat: str) -> str:
+    """``layer.{layer}.{site}.{stat}``."""
+    return f"layer.{layer}.{site}.{stat}"
+
+
+class SeriesKey(BaseModel):
+    """A parsed series key: ``layer``/``site`` are None for run-level keys."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    layer: int | None = None
+    site: str | None = None
+    stat: str
+
+
+def parse_key(key: str) -> SeriesKey:
+    """Split a key into (layer, site, stat). Raises ValueError on a malformed key."""
+    if not is_valid_key(key):
+        raise ValueError(
+            f"invalid series key {key!r}: keys are dot-separated [A-Za-z0-9_] parts, "
+            f"starting with a letter or '_', at most {MAX_KEY_LEN} characters"
+        )
+    m = _LAYER_KEY_RE.match(key)
+    if m:
+        return SeriesKey(key=key, layer=int(m.group(1)), site=m.group(2), stat=m.group(3))
+    return SeriesKey(key=key, stat=key)
+
+
+# ---------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------
+RunStatus = Literal["running", "finished", "diverged", "stopped"]
+
+
+class RunCreate(BaseModel):
+    """``POST /api/v1/runs``: register a run. The project comes from the token;
+    ``project``, when given, must match it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=MAX_NAME_LEN)
+    project: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LEN)
+    config: dict[str, Any] = Field(default_factory=dict)
+    """Anything the trainer passes: variant, lr, model size, preset, seed, ..."""
+
+
+class RunUpdate(BaseModel):
+    """``PATCH /api/v1/runs/{run_id}``: close a run, or record its outcome."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: RunStatus | None = None
+    summary: dict[str, Any] | None = None
+
+
+class RunPublic(BaseModel):
+    id: str
+    name: str
+    project: str
+    status: RunStatus
+    config: dict[str, Any]
+    summary: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+    last_step: int | None = None
+    open_alerts: int = 0
+
+
+# ---------------------------------------------------------------------------
+# Points
+# ---------------------------------------------------------------------------
+class Point(BaseModel):
+    """All values of one training step on one rank."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: StrictInt = Field(ge=0, le=MAX_STEP)
+    rank: StrictInt = Field(default=0, ge=0, le=65_535)
+    values: dict[str, WireValue] = Field(max_length=MAX_VALUES_PER_POINT)
+
+    @field_validator("values")
+    @classmethod
+    def _keys_follow_grammar(cls, values: dict[str, Any]) -> dict[str, Any]:
+        for key in values:
+            if not is_valid_key(key):
+                raise ValueError(
+                    f"invalid series key {key[:MAX_KEY_LEN + 8]!r}: keys are dot-separated "
+                    f"[A-Za-z0-9_] parts, at most {MAX_KEY_LEN} characters (limit: key length/charset)"
+                )
+        return values
+
+
+class PointsIn(BaseModel):
+    """``POST /api/v1/runs/{run_id}/points``. Idempotent by ``batch_id``: a batch the
+    collector already stored is acknowledged again and not stored twice."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: str = Field(min_length=1, max_length=MAX_BATCH_ID_LEN)
+    points: list[Point] = Field(max_length=MAX_POINTS_PER_BATCH)
+
+
+# ---------------------------------------------------------------------------
+# Alerts
+# ---------------------------------------------------------------------------
+Severity = Literal["warning", "critical"]
+AlertStatus = Literal["open", "resolved"]
+
+
+class AlertPublic(BaseModel):
+    id: int
+    run_id: str
+    rule: str
+    severity: Severity
+    status: AlertStatus
+    step: int
+    """The step at which the alert first fired."""
+    last_step: int
+    """The latest step at which its condition held."""
+    message: str
+    """Human-readable evidence, e.g. 'layer.3.fc2.l2_mean grew 40x in 25 steps'."""
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+
+
+class IngestResponse(BaseModel):
+    """The answer to a points batch; carries the run's open alerts back to the job."""
+
+    batch_id: str
+    accepted: int
+    """Points stored by this request (0 for a duplicate batch)."""
+    duplicate: bool = False
+    alerts: list[AlertPublic] = Field(default_factory=list)
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: ``{"detail": "..."}`` (FastAPI's shape)."""
+
+    detail: Any

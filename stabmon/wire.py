@@ -118,6 +118,9 @@ class RunCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """Optional client-chosen id. Registering the same id again (a retry whose answer was
+    lost) returns the existing run instead of creating a second one."""
     name: str = Field(min_length=1, max_length=MAX_NAME_LEN)
     project: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LEN)
     config: dict[str, Any] = Field(default_factory=dict)
@@ -164,7 +167,7 @@ class Point(BaseModel):
         for key in values:
             if not is_valid_key(key):
                 raise ValueError(
-                    f"invalid series key {key[:MAX_KEY_LEN + 8]!r}: keys are dot-separated "
+                    f"invalid series key {key[: MAX_KEY_LEN + 8]!r}: keys are dot-separated "
                     f"[A-Za-z0-9_] parts, at most {MAX_KEY_LEN} characters (limit: key length/charset)"
                 )
         return values

@@ -1,0 +1,472 @@
+"""The collector client: a sink that streams training records to the stabmon collector.
+
+``Client(url, token=..., run=RunInfo(name=...))`` is a :class:`~trainer_hooks.client.sinks.Sink`.
+:meth:`Client.write` only appends the record to a bounded in-memory deque (O(1), no lock
+taken by the caller, nothing raised). Two daemon threads do the rest:
+
+- the *batcher* drains the deque every ``poll_interval_s``, merges records into batches
+  (:class:`~trainer_hooks.client.batching.Batcher`: by point count, age and body size) and
+  appends each sealed batch to the on-disk :class:`~trainer_hooks.client.spool.Spool`;
+- the *sender* registers the run (``POST /api/v1/runs`` with a client-chosen id, retried in
+  the background until the collector answers, so a collector that is down at start delays
+  nothing), then posts batches from the head of the spool, in order, acknowledging each on
+  2xx. Retryable failures (408/429/5xx/connection errors/timeouts) back off exponentially
+  with jitter and honour ``Retry-After``; other 4xx answers move the batch to the rejected
+  file, logged and counted. Alerts in ingest answers go to ``on_alert`` and ``client.alerts``.
+
+Because a batch keeps its id from sealing to acknowledgement, a retry whose first answer
+was lost is stored once. :meth:`Client.close` (also run at interpreter exit) flushes and
+waits up to a timeout; undelivered batches stay in the spool and a later ``Client`` with the
+same ``spool_dir`` and run id delivers them first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import dataclasses
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stabmon.wire import AlertPublic, RunCreate, RunStatus, RunUpdate
+from trainer_hooks.client.alerts import AlertCallback, AlertTracker
+from trainer_hooks.client.batching import Batcher
+from trainer_hooks.client.spool import Spool
+from trainer_hooks.client.transport import Backoff, Reply, Transport
+
+log = logging.getLogger("stabmon.client")
+
+
+@dataclass
+class RunInfo:
+    """What the collector is told about the run when the client registers it."""
+
+    name: str
+    project: str | None = None
+    """Must match the token's project when given; None lets the token decide."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Anything JSON-able: variant, lr, model size, seed (non-JSON values are stringified)."""
+    id: str | None = None
+    """Client-chosen run id (``[A-Za-z0-9_-]{1,64}``); a uuid4 hex when None. Reuse it to
+    resume a run, or to replay its leftover spool from another process."""
+
+
+@dataclass
+class ClientConfig:
+    """Tuning knobs of :class:`Client`; every one can also be passed to ``Client(...)`` by name."""
+
+    max_batch_points: int = 1000
+    """Seal a batch at this many points (at most ``stabmon.wire.MAX_POINTS_PER_BATCH``)."""
+    flush_interval_s: float = 1.0
+    """Seal a batch when its first point is this old."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Keep request bodies under this size (the collector's limit is a few MB)."""
+    max_queue_records: int = 100_000
+    """In-memory records awaiting the batcher; past it the oldest are dropped (counted)."""
+    spool_max_bytes: int = 256 * 1024 * 1024
+    """Pending bytes on disk before the oldest history is thinned (see ``spool.py``)."""
+    spool_keep_every: int = 2
+    """Thinning keeps every k-th step of the oldest segment."""
+    spool_fsync: bool = False
+    """fsync every spool append/ack (survives power loss) instead of flushing to the OS only."""
+    spool_tag: str | None = None
+    """Distinguishes processes of one run sharing a spool dir; default ``$RANK`` or "0"."""
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_retry_after_s: float = 300.0
+    """Cap on a server's ``Retry-After``."""
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    flush_timeout_s: float = 30.0
+    """What ``flush()``/``close()`` wait at most when given no timeout."""
+    atexit_timeout_s: float = 10.0
+    """How long interpreter exit waits for delivery; the rest stays in the spool."""
+    poll_interval_s: float = 0.05
+    """How often the background threads look for work."""
+
+    def __post_init__(self) -> None:
+        for name in ("flush_interval_s", "backoff_initial_s", "connect_timeout_s", "read_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_queue_records < 1:
+            raise ValueError(f"max_queue_records must be >= 1, got {self.max_queue_records}")
+        if not 0 < self.poll_interval_s <= 1:
+            raise ValueError(f"poll_interval_s must be in (0, 1], got {self.poll_interval_s}")
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """A snapshot of what the client did (``client.stats``)."""
+
+    run_id: str
+    registered: bool
+    records_written: int
+    records_dropped: int
+    """Records lost because the in-memory queue overflowed (the batcher could not keep up)."""
+    invalid_records: int
+    invalid_values: int
+    """Values dropped for an invalid series key or a non-numeric value."""
+    points_spooled: int
+    points_sent: int
+    """Points posted (first attempts; resends are counted in ``retries``)."""
+    points_acked: int
+    """Points in batches the collector acknowledged (duplicates included)."""
+    batches_acked: int
+    duplicates: int
+    """Acknowledged batches the collector already had (a retry after a lost answer)."""
+    retries: int
+    spooled_bytes: int
+    """Pending (unacknowledged) bytes in the spool now."""
+    spooled_points: int
+    spooled_batches: int
+    thinned_points: int
+    rejected_batches: int
+    rejected_points: int
+    alert_callback_errors: int
+    last_error: str | None
+
+
+def _default_spool_dir() -> Path:
+    env = os.environ.get("STABMON_SPOOL_DIR")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "stabmon" / "spool"
+
+
+class _Marker:
+    """Put in the record queue by flush/close: the batcher seals up to here and notes the seq."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.seq = 0
+
+
+class Client:
+    """Streams records to the collector from background threads; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        run: RunInfo | None = None,
+        on_alert: AlertCallback | None = None,
+        spool_dir: str | os.PathLike | None = None,
+        config: ClientConfig | None = None,
+        **overrides: Any,
+    ) -> None:
+        cfg = config or ClientConfig()
+        if overrides:
+            known = {f.name for f in dataclasses.fields(ClientConfig)}
+            unknown = sorted(set(overrides) - known)
+            if unknown:
+                raise TypeError(f"Client() got unknown settings {unknown}; see ClientConfig")
+            cfg = dataclasses.replace(cfg, **overrides)
+        self.config = cfg
+        run = run or RunInfo(name="run")
+        self.run_id = run.id or uuid.uuid4().hex
+        # Validate now, with a clear error, rather than have every registration rejected later.
+        self._run_create = RunCreate(
+            id=self.run_id,
+            name=run.name,
+            project=run.project,
+            config=json.loads(json.dumps(run.config, default=str)),
+        ).model_dump(exclude_none=True)
+        token = token if token is not None else os.environ.get("STABMON_TOKEN")
+        self._transport = Transport(
+            url, token, connect_timeout=cfg.connect_timeout_s, read_timeout=cfg.read_timeout_s
+        )
+        self._batcher = Batcher(
+            max_points=cfg.max_batch_points,
+            max_age_s=cfg.flush_interval_s,
+            max_body_bytes=cfg.max_body_bytes,
+        )
+        tag = re.sub(r"[^A-Za-z0-9_-]", "_", cfg.spool_tag or os.environ.get("RANK", "0"))
+        self._spool = Spool(
+            spool_dir if spool_dir is not None else _default_spool_dir(),
+            f"{self.run_id}.{tag}",
+            max_bytes=cfg.spool_max_bytes,
+            keep_every=cfg.spool_keep_every,
+            fsync=cfg.spool_fsync,
+        )
+        self._alerts = AlertTracker(on_alert)
+        self._queue: collections.deque = collections.deque(maxlen=cfg.max_queue_records)
+        self._closed = False
+        self._registered = False
+        self._fatal: str | None = None
+        self._reregistered_for: str | None = None
+        self._c = collections.Counter()  # stats counters, bumped by the background threads
+        self._last_error: str | None = None
+        self._written = 0
+        self._dropped = 0
+        self._work = threading.Event()  # the batcher appended something: wake the sender
+        self._wake_batcher = threading.Event()
+        self._stop_batcher = threading.Event()
+        self._stop_sender = threading.Event()
+        self._progress = threading.Condition()
+        self._batch_thread = threading.Thread(target=self._batch_loop, name="stabmon-batcher", daemon=True)
+        self._send_thread = threading.Thread(target=self._send_loop, name="stabmon-sender", daemon=True)
+        self._batch_thread.start()
+        self._send_thread.start()
+
+        def _at_exit() -> None:
+            self.close(timeout=self.config.atexit_timeout_s)
+
+        self._at_exit = _at_exit
+        atexit.register(_at_exit)
+        log.info("stabmon client: run %s -> %s (spool %s)", self.run_id, url, self._spool.path)
+
+    # -- the Sink interface (training thread) --------------------------------------------
+    def write(self, record: dict) -> None:
+        """Queue one record; O(1), never blocks, never raises. The record is not copied."""
+        if self._closed:
+            return
+        q = self._queue
+        if len(q) == q.maxlen:
+            self._dropped += 1  # deque(maxlen) drops the oldest on append
+        q.append(record)
+        self._written += 1
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record written so far is acknowledged (or rejected/thinned).
+
+        Returns False if that did not happen within ``timeout`` (default
+        ``config.flush_timeout_s``); what is pending stays queued and keeps being retried.
+        """
+        if self._closed:
+            return self._spool.pending_batches == 0
+        deadline = time.monotonic() + (self.config.flush_timeout_s if timeout is None else timeout)
+        return self._wait_delivered(self._mark(), deadline)
+
+    def close(
+        self,
+        status: RunStatus | None = "finished",
+        summary: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Flush, record the run's outcome (``PATCH``), stop the threads. Idempotent.
+
+        Waits at most ``timeout`` seconds (default ``config.flush_timeout_s``). Whatever was not
+        delivered stays in the spool file for a later ``Client`` with the same run id.
+        ``status=None`` leaves the run's status as it is (e.g. a job that will resume).
+        """
+        if self._closed:
+            return
+        deadline = time.monotonic() + (self.config.flush_timeout_s if timeout is None else timeout)
+        marker = self._mark()
+        self._closed = True
+        atexit.unregister(self._at_exit)
+        delivered = self._wait_delivered(marker, deadline)
+        self._stop_batcher.set()
+        self._wake_batcher.set()
+        # Draining the in-memory queue to disk is quick and must not be cut short.
+        self._batch_thread.join(max(2.0, deadline - time.monotonic()))
+        if delivered and self._registered and (status is not None or summary):
+            payload = RunUpdate(status=status, summary=summary).model_dump(exclude_none=True)
+            reply = self._transport.update_run(self.run_id, payload)
+            if reply.verdict != "ok":
+                self._error(f"closing run {self.run_id}: HTTP {reply.status}: {reply.detail}")
+        self._stop_sender.set()
+        self._work.set()
+        self._send_thread.join(max(0.1, deadline - time.monotonic()))
+        pending = self._spool.pending_points
+        if pending:
+            log.warning(
+                "stabmon client: %d points of run %s were not delivered; they stay in %s and a "
+                "Client with run id %s and this spool_dir will deliver them",
+                pending,
+                self.run_id,
+                self._spool.path,
+                self.run_id,
+            )
+        if not self._send_thread.is_alive():
+            self._transport.close()
+        self._spool.close()
+
+    # -- what a training loop can poll ---------------------------------------------------
+    @property
+    def alerts(self) -> list[AlertPublic]:
+        """The run's open alerts as of the latest ingest answer."""
+        return self._alerts.open
+
+    @property
+    def stats(self) -> ClientStats:
+        c, sp = self._c, self._spool
+        return ClientStats(
+            run_id=self.run_id,
+            registered=self._registered,
+            records_written=self._written,
+            records_dropped=self._dropped,
+            invalid_records=self._batcher.stats.invalid_records,
+            invalid_values=self._batcher.stats.invalid_values,
+            points_spooled=c["points_spooled"],
+            points_sent=c["points_sent"],
+            points_acked=c["points_acked"],
+            batches_acked=c["batches_acked"],
+            duplicates=c["duplicates"],
+            retries=c["retries"],
+            spooled_bytes=sp.pending_bytes,
+            spooled_points=sp.pending_points,
+            spooled_batches=sp.pending_batches,
+            thinned_points=sp.thinned_points,
+            rejected_batches=c["rejected_batches"],
+            rejected_points=c["rejected_points"],
+            alert_callback_errors=self._alerts.callback_errors,
+            last_error=self._last_error,
+        )
+
+    @property
+    def spool_path(self) -> Path:
+        return self._spool.path
+
+    @property
+    def rejected_path(self) -> Path:
+        return self._spool.rejected_path
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(status="stopped" if exc_type is not None else "finished")
+
+    # -- internals -------------------------------------------------------------------------
+    def _mark(self) -> _Marker:
+        m = _Marker()
+        self._queue.append(m)
+        self._wake_batcher.set()
+        return m
+
+    def _wait_delivered(self, marker: _Marker, deadline: float) -> bool:
+        if not marker.done.wait(max(0.0, deadline - time.monotonic())):
+            return False
+        with self._progress:
+            while self._spool.done_through() < marker.seq:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._fatal:
+                    return False
+                self._progress.wait(min(left, self.config.poll_interval_s))
+        return True
+
+    def _error(self, msg: str, level: int = logging.WARNING) -> None:
+        self._last_error = msg
+        log.log(level, "stabmon client: %s", msg)
+
+    def _batch_loop(self) -> None:
+        while True:
+            try:
+                self._drain_queue()
+            except Exception as e:  # disk full, permissions: keep the thread (and training) alive
+                self._error(f"batcher: {type(e).__name__}: {e}", logging.ERROR)
+            if self._stop_batcher.is_set() and not self._queue:
+                return
+            self._wake_batcher.wait(self.config.poll_interval_s)
+            self._wake_batcher.clear()
+
+    def _drain_queue(self) -> None:
+        q, b = self._queue, self._batcher
+        while q:
+            item = q.popleft()
+            if isinstance(item, _Marker):
+                sealed = b.seal_open()
+                if sealed is not None:
+                    self._append(sealed)
+                item.seq = self._spool.last_seq
+                item.done.set()
+                continue
+            for sealed in b.add(item):
+                self._append(sealed)
+        if b.due():
+            sealed = b.seal_open()
+            if sealed is not None:
+                self._append(sealed)
+
+    def _append(self, sealed) -> None:
+        try:
+            self._spool.append(sealed)
+        except OSError as e:
+            self._c["points_lost_io"] += sealed.n_points
+            self._error(f"cannot spool a batch of {sealed.n_points} points: {e}", logging.ERROR)
+            return
+        self._c["points_spooled"] += sealed.n_points
+        self._work.set()
+        with self._progress:
+            self._progress.notify_all()
+
+    def _send_loop(self) -> None:
+        cfg = self.config
+        backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, cfg.max_retry_after_s)
+        failing = False
+        while not self._stop_sender.is_set() and not self._fatal:
+            try:
+                if not self._registered:
+                    reply = self._transport.register(self._run_create)
+                    if reply.verdict == "ok":
+                        self._registered = True
+                        log.info("stabmon client: run %s registered", self.run_id)
+                    elif reply.verdict == "reject":
+                        # A bad token or run description: resending cannot help. Points stay
+                        # in the spool (bounded) so a corrected client can deliver them.
+                        self._fatal = f"registration refused with HTTP {reply.status}: {reply.detail}"
+                        self._error(self._fatal + f"; points stay in {self._spool.path}", logging.ERROR)
+                        return
+                else:
+                    head = self._spool.peek()
+                    if head is None:
+                        self._work.wait(self.config.poll_interval_s)
+                        self._work.clear()
+                        continue
+                    reply = self._send(*head, first_try=not failing)
+            except Exception as e:  # a bug must not kill delivery for the rest of the run
+                reply = Reply("retry", None, detail=f"{type(e).__name__}: {e}")
+                log.exception("stabmon client: unexpected error in the sender")
+            if reply.verdict == "retry":
+                self._c["retries"] += 1
+                if not failing:
+                    why = f"{reply.status or 'no answer'}: {reply.detail}"
+                    self._error(f"collector unavailable ({why}); retrying")
+                failing = True
+                self._stop_sender.wait(backoff.next_delay(reply.retry_after))
+                continue
+            if failing:
+                log.info("stabmon client: collector reachable again after %d attempts", backoff.attempt)
+            failing = False
+            backoff.reset()
+            with self._progress:
+                self._progress.notify_all()
+
+    def _send(self, batch_id: str, body: str, n_points: int, first_try: bool) -> Reply:
+        if first_try:
+            self._c["points_sent"] += n_points
+        reply = self._transport.post_points(self.run_id, body)
+        if reply.verdict == "ok":
+            data = reply.data if isinstance(reply.data, dict) else {}
+            self._spool.ack(batch_id)
+            self._c["batches_acked"] += 1
+            self._c["points_acked"] += n_points
+            if data.get("duplicate"):
+                self._c["duplicates"] += 1
+            self._alerts.update(data.get("alerts"))
+        elif reply.verdict == "reject":
+            if reply.status == 404 and self._reregistered_for != batch_id:
+                # The collector does not know the run (its database was reset): register again
+                # and resend once before calling the batch bad.
+                self._reregistered_for = batch_id
+                self._registered = False
+                return Reply("ok", 404)
+            self._c["rejected_batches"] += 1
+            self._c["rejected_points"] += n_points
+            self._spool.reject(batch_id, body, reply.status, reply.detail)
+            self._error(
+                f"collector rejected batch {batch_id} ({n_points} points) with HTTP {reply.status}: "
+                f"{reply.detail}; kept in {self._spool.rejected_path}",
+                logging.ERROR,
+            )
+        return reply

@@ -1,0 +1,136 @@
+"""``norm_growth``: per-site output norms growing fast, the earliest sign of divergence.
+
+Rybakov et al. (2024) observe that before a run diverges the L2 norms of the QKV, Proj and FC2
+outputs grow step after step. Per series ``layer.{i}.{site}.{stat}`` (sites qkv/q/k/v/proj/fc1/
+fc2, stats l2_mean/l2_max) the rule compares a *sustained* current value — the minimum of the
+last ``sustain`` observations, so a single outlier batch cannot fire — against two references:
+
+- the smallest value within the last ``window_steps`` steps (a rate: "grew 40x in 25 steps"),
+  which ignores the slow, legitimate growth of norms over a long run;
+- the run's own early baseline, the median of ``baseline_points`` observations after a short
+  ``burn_in`` (catches growth too slow for the window).
+
+When a series starts firing its reference is frozen, so a run that blew up and plateaued at huge
+norms keeps firing until its norms come back down (below ``clear_fraction`` of the threshold
+relative to that frozen reference). Everything is in log space, so values up to 1e308 are fine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from monitor.detect.config import NormGrowthConfig
+from monitor.detect.finding import QUIET, fmt, json_float
+from monitor.detect.levels import advance, level_of, median
+from monitor.detect.rules.base import Rule
+
+_TINY = 1e-30  # norms are >= 0; log of an exact 0 is clamped here
+_MAX_LOG_RATIO = 700.0  # exp() of more overflows
+
+
+def _ratio(log_ratio: float) -> float:
+    return math.exp(min(log_ratio, _MAX_LOG_RATIO))
+
+
+def _exp(log_value: float) -> float:
+    return math.exp(min(log_value, 709.0))  # a stored log of a finite float is <= 709.8
+
+
+class NormGrowthRule(Rule):
+    name = "norm_growth"
+    title = "output norms growing"
+
+    def __init__(self, cfg: NormGrowthConfig) -> None:
+        super().__init__(cfg)
+        self.sites = frozenset(cfg.sites)
+        self.stats = frozenset(cfg.stats)
+
+    def accepts(self, key: str, layer: int | None, site: str | None, stat: str) -> bool:
+        return layer is not None and site in self.sites and stat in self.stats
+
+    def new_series(self, key: str, layer: int | None) -> dict[str, Any]:
+        return {
+            "lvl": QUIET,
+            "sw": 0,
+            "sc": 0,
+            "n": 0,
+            "bl": [],
+            "b": None,
+            "bs": None,  # early baseline: buffer, log value, step
+            "win": [],  # [[step, log value], ...] oldest first
+            "ref": None,
+            "rs": None,  # frozen reference (log value, step) while firing
+            "v": 0.0,
+            "g": 0.0,
+            "gs": 0,
+            "g0": 0.0,
+            "bg": 0.0,  # last value and growths, for messages
+        }
+
+    def update(self, s: dict[str, Any], step: int, value: float) -> None:
+        cfg: NormGrowthConfig = self.cfg
+        lv = math.log(max(value, _TINY))
+        win = s["win"]
+        k = cfg.sustain - 1
+        recent = win[-k:] if k > 0 else []
+        cur = min([p[1] for p in recent] + [lv])
+        refpts = win[:-k] if k > 0 else win
+
+        if s["lvl"] > QUIET and s["ref"] is not None:
+            g, g_step, g_ref = cur - s["ref"], s["rs"], s["ref"]
+        elif refpts:
+            g_ref, g_step = min((p[1], p[0]) for p in refpts)
+            g = cur - g_ref
+        else:
+            g, g_step, g_ref = 0.0, step, cur
+        bg = cur - s["b"] if s["b"] is not None else 0.0
+
+        gr, br = _ratio(g), _ratio(bg)
+        enter = max(
+            level_of(gr, cfg.growth_warning, cfg.growth_critical),
+            level_of(br, cfg.baseline_warning, cfg.baseline_critical),
+        )
+        hold = max(
+            level_of(gr, cfg.growth_warning, cfg.growth_critical, cfg.clear_fraction),
+            level_of(br, cfg.baseline_warning, cfg.baseline_critical, cfg.clear_fraction),
+        )
+        was = s["lvl"]
+        now = advance(s, enter, hold)
+        if now == QUIET:
+            s["ref"] = s["rs"] = None
+        elif was == QUIET:
+            # Freeze the reference that made it fire: the window minimum, or the early baseline.
+            if g >= bg or s["b"] is None:
+                s["ref"], s["rs"] = g_ref, g_step
+            else:
+                s["ref"], s["rs"] = s["b"], s["bs"]
+                g, g_step, g_ref = bg, s["bs"], s["b"]
+        s["v"], s["g"], s["gs"], s["g0"], s["bg"] = value, g, step - g_step, g_ref, bg
+
+        win.append([step, lv])
+        while len(win) > cfg.window_points or (len(win) > 1 and win[0][0] < step - cfg.window_steps):
+            win.pop(0)
+        s["n"] += 1
+        if s["b"] is None and s["n"] > cfg.burn_in:
+            s["bl"].append(lv)
+            if len(s["bl"]) >= cfg.baseline_points:
+                s["b"], s["bs"], s["bl"] = median(s["bl"]), step, []
+
+    def score(self, s: dict[str, Any]) -> float:
+        return max(s["g"], s["bg"])
+
+    def describe(self, key: str, s: dict[str, Any]) -> str:
+        text = f"{key} grew {fmt(_ratio(s['g']))}x in {s['gs']} steps ({fmt(_exp(s['g0']))} -> {fmt(s['v'])})"
+        if s["b"] is not None and s["bg"] > s["g"] + 1e-9:
+            text += f", {fmt(_ratio(s['bg']))}x its early baseline"
+        return text
+
+    def evidence(self, key: str, s: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "value": json_float(s["v"]),
+            "growth": json_float(_ratio(s["g"])),
+            "growth_steps": s["gs"],
+            "reference": json_float(_exp(s["g0"])),
+            "baseline_growth": json_float(_ratio(s["bg"])) if s["b"] is not None else None,
+        }

@@ -1,0 +1,377 @@
+"""Delivers alert events to webhooks in the background, with retries and a delivery log.
+
+The ingest path calls :meth:`AlertDispatcher.notify` with the alerts a batch changed; that
+call only appends to an in-memory queue (O(1), never blocks, never raises), so a slow,
+failing or hanging receiver cannot slow ingest. Behind it:
+
+- one *planner* thread turns alerts into events (``opened``, ``escalated``, ``resolved``;
+  see :mod:`monitor.alerts.payload`), picks the run's targets (global ``STABMON_WEBHOOK_URLS``
+  plus the run's ``config.webhooks``), skips events the delivery log says were already
+  delivered (so a collector restart does not page twice) and schedules one delivery per
+  (event, target);
+- ``webhook_workers`` *sender* threads take due deliveries from a time-ordered heap and POST
+  them. 2xx is delivered; 408/429/5xx, connection errors and timeouts are retried after
+  ``webhook_backoff_s * 2**(attempt-1)`` seconds (+ up to 10% jitter, ``Retry-After`` honoured,
+  capped at ``webhook_backoff_max_s``) up to ``webhook_max_attempts``; any other 4xx is final.
+  Each attempt is one :class:`~monitor.alerts.log.DeliveryAttempt` in the log.
+
+A receiver that hangs occupies one sender for ``webhook_timeout_s`` per attempt; the other
+senders keep delivering to everyone else. Retries still pending at shutdown are dropped
+(and counted in :attr:`stats`): a notification is best-effort once the collector stops.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from monitor.alerts.log import DeliveryAttempt, DeliveryLog, MemoryDeliveryLog
+from monitor.alerts.payload import Event, build_payload
+from monitor.alerts.settings import WebhookSettings
+from monitor.alerts.targets import SEVERITY_RANK, WebhookTarget, merge_targets, redact_url, run_targets
+
+log = logging.getLogger("stabmon.alerts")
+
+_STOP = object()
+_MAX_ERROR_CHARS = 500
+
+
+@dataclass(order=True)
+class _Delivery:
+    due: float
+    seq: int
+    target: WebhookTarget = field(compare=False)
+    event: Event = field(compare=False)
+    alert_id: int = field(compare=False)
+    run_id: str = field(compare=False)
+    payload: dict[str, Any] = field(compare=False)
+    attempt: int = field(default=1, compare=False)
+
+
+def classify_events(
+    alerts: Iterable[Mapping[str, Any]], seen: dict[int, tuple[str, str]]
+) -> list[tuple[Event, Mapping[str, Any]]]:
+    """The events in a list of alert snapshots, given what was seen before (updated in place).
+
+    ``seen`` maps alert id -> (severity, status) last notified. A new open alert is
+    ``opened``; a known open alert whose severity rose is ``escalated``; an alert that turns
+    up resolved (and was not already resolved) is ``resolved``. Anything else (``last_step``
+    moved, message changed) is not an event.
+    """
+    events: list[tuple[Event, Mapping[str, Any]]] = []
+    for alert in alerts:
+        aid = int(alert["id"])
+        sev, status = str(alert["severity"]), str(alert["status"])
+        prev = seen.get(aid)
+        if status == "resolved":
+            if prev is None or prev[1] != "resolved":
+                events.append(("resolved", alert))
+        elif prev is None or prev[1] == "resolved":
+            events.append(("opened", alert))
+        elif SEVERITY_RANK.get(sev, 0) > SEVERITY_RANK.get(prev[0], 0):
+            events.append(("escalated", alert))
+        seen[aid] = (sev, status)
+    return events
+
+
+class AlertDispatcher:
+    """Background webhook delivery. ``start()`` once, ``notify()`` from anywhere, ``stop()`` at exit.
+
+    ``http`` (an ``httpx.Client``) and ``sleep``/``clock`` are injectable for tests; the
+    default client uses ``webhook_timeout_s`` and does not follow redirects (a webhook that
+    redirects is misconfigured, and following it could leak the body elsewhere).
+    """
+
+    def __init__(
+        self,
+        settings: WebhookSettings | None = None,
+        delivery_log: DeliveryLog | None = None,
+        *,
+        http: httpx.Client | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings or WebhookSettings()
+        self.log: DeliveryLog = delivery_log if delivery_log is not None else MemoryDeliveryLog()
+        self._global_targets = self.settings.global_targets()
+        self._http = http or httpx.Client(
+            timeout=httpx.Timeout(self.settings.webhook_timeout_s),
+            follow_redirects=False,
+            headers={"User-Agent": "stabmon-alerts/1", "Content-Type": "application/json"},
+        )
+        self._owns_http = http is None
+        self._clock = clock
+        self._inbox: queue.Queue[Any] = queue.Queue(maxsize=self.settings.webhook_queue_size)
+        self._heap: list[_Delivery] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._seen: dict[int, tuple[str, str]] = {}
+        self._threads: list[threading.Thread] = []
+        self._in_flight = 0
+        self._busy: set[str] = set()  # target ids with a request in flight
+        self._stopping = False
+        self._stats_lock = threading.Lock()
+        self.stats: dict[str, int] = {
+            "notified": 0,
+            "events": 0,
+            "dropped": 0,
+            "skipped_delivered": 0,
+            "attempts": 0,
+            "delivered": 0,
+            "retried": 0,
+            "failed": 0,
+            "abandoned": 0,
+        }
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> AlertDispatcher:
+        if self._threads:
+            return self
+        self._stopping = False
+        planner = threading.Thread(target=self._plan_loop, name="stabmon-alerts-planner", daemon=True)
+        self._threads.append(planner)
+        for i in range(self.settings.webhook_workers):
+            self._threads.append(
+                threading.Thread(target=self._send_loop, name=f"stabmon-alerts-sender-{i}", daemon=True)
+            )
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Deliver what is due within ``timeout`` seconds, then stop; later retries are dropped."""
+        if not self._threads:
+            return
+        self.wait_idle(timeout=timeout, due_only=True)
+        self._inbox.put(_STOP)
+        with self._cond:
+            self._stopping = True
+            abandoned = len(self._heap)
+            self._heap.clear()
+            self._cond.notify_all()
+        if abandoned:
+            self._bump("abandoned", abandoned)
+            log.warning(
+                "alert dispatcher stopped with %d webhook retries pending; they are dropped", abandoned
+            )
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._threads = []
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> AlertDispatcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- intake (ingest path) -------------------------------------------------------
+    def notify(self, run: Mapping[str, Any], alerts: Iterable[Mapping[str, Any]]) -> None:
+        """Queue alert snapshots of one run (AlertPublic-shaped dicts or models). Never blocks."""
+        snapshot = [a.model_dump() if hasattr(a, "model_dump") else dict(a) for a in alerts]
+        if not snapshot:
+            return
+        run_d = run.model_dump() if hasattr(run, "model_dump") else dict(run)
+        try:
+            self._inbox.put_nowait((run_d, snapshot))
+            self._bump("notified")
+        except queue.Full:
+            self._bump("dropped", len(snapshot))
+            log.warning("alert dispatcher queue full: %d alert updates dropped", len(snapshot))
+
+    def wait_idle(self, timeout: float = 10.0, due_only: bool = False) -> bool:
+        """Block until nothing is queued or in flight (with ``due_only``, retries scheduled
+        later do not count). For tests and shutdown; True if idle was reached."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                now = self._clock()
+                pending = [d for d in self._heap if not due_only or d.due <= now]
+                if self._inbox.unfinished_tasks == 0 and not pending and self._in_flight == 0:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    # -- planner --------------------------------------------------------------------
+    def _plan_loop(self) -> None:
+        while True:
+            item = self._inbox.get()
+            try:
+                if item is _STOP:
+                    return
+                run, alerts = item
+                self._plan(run, alerts)
+            except Exception:  # a bad run config or a log failure must not kill the thread
+                log.exception("alert dispatcher: planning failed")
+            finally:
+                self._inbox.task_done()
+
+    def _plan(self, run: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
+        own, errors = run_targets(run.get("config"))
+        for err in errors:
+            log.warning("run %s: ignoring webhook %s", run.get("id"), err)
+        targets = merge_targets(self._global_targets, own)
+        for event, alert in classify_events(alerts, self._seen):
+            self._bump("events")
+            for target in targets:
+                if not target.wants(str(alert["severity"])):
+                    continue
+                if self.log.delivered(int(alert["id"]), event, target.target_id):
+                    self._bump("skipped_delivered")
+                    continue
+                payload = build_payload(target.format, event, alert, run, self.settings.public_url)
+                self._schedule(
+                    _Delivery(
+                        due=self._clock(),
+                        seq=next(self._seq),
+                        target=target,
+                        event=event,
+                        alert_id=int(alert["id"]),
+                        run_id=str(run["id"]),
+                        payload=payload,
+                    )
+                )
+            if event == "resolved":
+                # A resolved alert never changes again: forget it, so memory stays bounded.
+                self._seen.pop(int(alert["id"]), None)
+
+    def _schedule(self, d: _Delivery) -> None:
+        with self._cond:
+            if self._stopping:
+                self._bump("abandoned")
+                return
+            heapq.heappush(self._heap, d)
+            self._cond.notify()
+
+    # -- senders --------------------------------------------------------------------
+    def _next_due(self) -> _Delivery | None:
+        """The earliest due delivery whose target is not already being sent to.
+
+        One request in flight per target: a hanging receiver then holds one sender, not all
+        of them, and a target gets its events in order (opened before resolved).
+        """
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                now = self._clock()
+                ready = [d for d in self._heap if d.due <= now and d.target.target_id not in self._busy]
+                if ready:
+                    d = min(ready)
+                    self._heap.remove(d)
+                    heapq.heapify(self._heap)
+                    self._busy.add(d.target.target_id)
+                    self._in_flight += 1
+                    return d
+                future = [d.due - now for d in self._heap if d.due > now]
+                self._cond.wait(timeout=min(min(future), 1.0) if future else 1.0)
+
+    def _send_loop(self) -> None:
+        while True:
+            d = self._next_due()
+            if d is None:
+                return
+            try:
+                self._attempt(d)
+            except Exception:
+                log.exception("alert dispatcher: delivery attempt crashed")
+            finally:
+                with self._cond:
+                    self._in_flight -= 1
+                    self._busy.discard(d.target.target_id)
+                    self._cond.notify_all()
+
+    def _attempt(self, d: _Delivery) -> None:
+        s = self.settings
+        t0 = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        retry_after: float | None = None
+        try:
+            resp = self._http.post(d.target.url, json=d.payload)
+            status = resp.status_code
+            if not 200 <= status < 300:
+                error = (resp.text or resp.reason_phrase or "")[:_MAX_ERROR_CHARS] or f"HTTP {status}"
+                retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
+        except httpx.HTTPError as e:
+            # The exception text can contain the URL; keep only its class and a redacted hint.
+            error = f"{type(e).__name__}: {_scrub(str(e), d.target.url)}"[:_MAX_ERROR_CHARS]
+        duration_ms = (time.monotonic() - t0) * 1000.0
+        self._bump("attempts")
+
+        if status is not None and 200 <= status < 300:
+            outcome = "delivered"
+        elif _retryable(status) and d.attempt < s.webhook_max_attempts and not self._stopping:
+            outcome = "retrying"
+        else:
+            outcome = "failed"
+        self.log.record(
+            DeliveryAttempt(
+                alert_id=d.alert_id,
+                run_id=d.run_id,
+                event=d.event,
+                target_id=d.target.target_id,
+                url=d.target.display_url,
+                format=d.target.format,
+                attempt=d.attempt,
+                outcome=outcome,
+                status_code=status,
+                error=error,
+                duration_ms=round(duration_ms, 3),
+            )
+        )
+        if outcome == "delivered":
+            self._bump("delivered")
+        elif outcome == "retrying":
+            self._bump("retried")
+            delay = s.webhook_backoff_s * (2 ** (d.attempt - 1)) * (1.0 + 0.1 * random.random())
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            delay = min(delay, s.webhook_backoff_max_s)
+            d.attempt += 1
+            d.due = self._clock() + delay
+            d.seq = next(self._seq)
+            self._schedule(d)
+        else:
+            self._bump("failed")
+            log.warning(
+                "alert %s (%s) to %s failed after %d attempt(s): %s",
+                d.alert_id,
+                d.event,
+                d.target.display_url,
+                d.attempt,
+                error,
+            )
+
+    def _bump(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[key] += n
+
+
+def _retryable(status: int | None) -> bool:
+    """Connection errors/timeouts (no status), 408, 429 and 5xx are worth another try."""
+    return status is None or status in (408, 429) or status >= 500
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare for webhooks; the exponential backoff applies
+
+
+def _scrub(text: str, url: str) -> str:
+    return text.replace(url, redact_url(url))

@@ -1,0 +1,180 @@
+"""``attach(model, sink=...)``: discover a model's sites, plan its statistics, install the hooks.
+
+The plan decides, per layer, where the attention-logit statistic comes from: the logit and
+probability probes of stabmon's own model (exact logit max and attention entropy; ``attach``
+switches the attention modules' ``record_attention`` on, ``remove()`` switches it back), a fused
+q|k|v output (GPT-2, nanoGPT: exact ``max |q.k|/sqrt(hs)``, causal; valid only when q and k
+enter the attention as projected, i.e. no rotary embedding and no q/k normalisation), or separate
+q and k outputs (Llama family: ``logit_bound = max|q| max|k| / sqrt(hs)``, an upper bound that
+rotary embeddings cannot exceed). Head counts come from the attention module (``n_head``,
+``num_heads``, ``head_dim``) or the model's ``config``, or from ``n_head=``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .discovery import SiteRef, discover_sites
+from .monitor import Monitor, Plan, SitePlan, Sink
+
+_HEAD_ATTRS = ("n_head", "num_heads", "n_heads", "num_attention_heads")
+
+
+def _parent(modules: Mapping[str, nn.Module], name: str) -> nn.Module | None:
+    return modules.get(name.rsplit(".", 1)[0]) if "." in name else None
+
+
+def _configs(model: nn.Module) -> list[Any]:
+    """The model's config object(s), looking through DDP/compile wrappers."""
+    out, m = [], model
+    for _ in range(4):
+        cfg = getattr(m, "config", None)
+        if cfg is not None:
+            out.append(cfg)
+        inner = getattr(m, "module", None) or getattr(m, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            break
+        m = inner
+    return out
+
+
+def _int_attr(objs: list[Any], names: tuple[str, ...]) -> int | None:
+    for obj in objs:
+        for attr in names:
+            v = getattr(obj, attr, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    return None
+
+
+def _out_width(module: nn.Module) -> int | None:
+    for attr in ("out_features", "nf"):  # nn.Linear, transformers' Conv1D
+        v = getattr(module, attr, None)
+        if isinstance(v, int):
+            return v
+    return None
+
+
+def _scale(attn: nn.Module | None) -> float | None:
+    s = getattr(attn, "scaling", None)
+    return float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else None
+
+
+def build_plan(
+    model: nn.Module,
+    sites: Mapping[str, str] | None = None,
+    logits: bool = True,
+    n_head: int | None = None,
+) -> Plan:
+    """Discover the sites of ``model`` and decide what each hook computes (see module docstring)."""
+    family, found = discover_sites(model, sites)
+    modules = dict(model.named_modules())
+    by_layer: dict[int, dict[str, str]] = {}
+    for name, ref in found.items():
+        by_layer.setdefault(ref.layer, {})[ref.site] = name
+    configs = _configs(model)
+    plan = Plan(family=family, sites=[])
+    for name, ref in sorted(found.items(), key=lambda kv: (kv[1].layer, kv[0])):
+        layer_sites = by_layer[ref.layer]
+        attn = _parent(modules, name)
+        sp = SitePlan(name=name, ref=ref)
+        if ref.site in ("logit_probe", "prob_probe"):
+            if not logits:
+                continue
+            sp.attn = "probe" if ref.site == "logit_probe" else "entropy"
+            if attn is not None and hasattr(attn, "record_attention"):
+                attn_name = name.rsplit(".", 1)[0]
+                if attn_name not in plan.record_attention:
+                    plan.record_attention.append(attn_name)
+        elif logits and ref.site == "qkv" and "logit_probe" not in layer_sites:
+            sp.attn = "fused"
+            sp.n_head = n_head or _int_attr([attn, *configs], _HEAD_ATTRS)
+            if sp.n_head is None:
+                raise ValueError(
+                    f"{name}: cannot tell the number of attention heads needed for the logit max "
+                    "(no n_head/num_heads on the attention module or the model config); pass "
+                    "attach(..., n_head=N) or attach(..., logits=False)"
+                )
+            width = _out_width(modules[name])
+            if width is not None and (width % 3 or (width // 3) % sp.n_head):
+                raise ValueError(f"{name}: output width {width} is not 3 x a multiple of n_head={sp.n_head}")
+            sp.scale = _scale(attn)
+        elif logits and ref.site in ("q", "k") and {"q", "k"} <= layer_sites.keys():
+            sp.attn = ref.site
+            hd = _int_attr([attn, *configs], ("head_dim",))
+            if hd is None:
+                heads = n_head or _int_attr([attn, *configs], _HEAD_ATTRS)
+                q_width = _out_width(modules[layer_sites["q"]])
+                if heads is None or q_width is None:
+                    raise ValueError(
+                        f"{name}: cannot tell the attention head size needed for the logit bound; "
+                        "pass attach(..., n_head=N) or attach(..., logits=False)"
+                    )
+                hd = q_width // heads
+            sp.head_dim = hd
+            sp.scale = _scale(attn) or 1.0 / math.sqrt(hd)
+        plan.sites.append(sp)
+    return plan
+
+
+def attach(
+    model: nn.Module,
+    sink: Sink | None = None,
+    every: int = 1,
+    optimizer: torch.optim.Optimizer | None = None,
+    sites: Mapping[str, str] | None = None,
+    reduce: bool = False,
+    logits: bool = True,
+    *,
+    n_head: int | None = None,
+    start_step: int = 0,
+) -> Monitor:
+    """Install stabmon's forward hooks on ``model`` and return the :class:`Monitor` handle.
+
+    Args:
+        model: any ``nn.Module`` (attach before ``torch.compile``/DDP wrapping, or to the wrapper).
+        sink: receives one ``{"step", "rank", "values"}`` record per emitted step
+            (``trainer_hooks.client``: ``Client``, ``MemorySink``, ...). None discards records.
+        every: emit every N-th step; on other steps the hooks return immediately.
+        optimizer: if given, ``lr`` and ``grad_norm`` are recorded without being passed to ``step()``.
+        sites: explicit mapping ``{regex: site}`` replacing auto-discovery (see ``discovery``).
+        reduce: under ``torch.distributed``, combine ranks (max of maxima, mean of means) with one
+            collective per emitted step; rank 0 alone writes to its sink.
+        logits: record attention-logit statistics (and entropy where the model exposes
+            probabilities). For stabmon's GPT this switches attention to its explicit path.
+        n_head: attention heads, when neither the attention modules nor ``model.config`` say.
+        start_step: the number of the first step (for resumed runs).
+
+    Only forwards in training mode (``module.training``) are recorded; several forwards in one
+    step (gradient accumulation) are aggregated. Use as ``with attach(...) as mon:`` or call
+    ``mon.remove()``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"attach: model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"attach: every must be a positive integer, got {every!r}")
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(f"attach: start_step must be a non-negative integer, got {start_step!r}")
+    if n_head is not None and (not isinstance(n_head, int) or n_head < 1):
+        raise ValueError(f"attach: n_head must be a positive integer, got {n_head!r}")
+    if sink is None:
+        from trainer_hooks.client import NullSink
+
+        sink = NullSink()
+    missing = [m for m in ("write", "flush", "close") if not callable(getattr(sink, m, None))]
+    if missing:
+        raise TypeError(
+            f"attach: sink {type(sink).__name__} lacks {', '.join(missing)}() (see the Sink protocol)"
+        )
+    if optimizer is not None and not hasattr(optimizer, "param_groups"):
+        raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    plan = build_plan(model, sites=sites, logits=logits, n_head=n_head)
+    return Monitor(model, plan, sink, every=every, optimizer=optimizer, reduce=reduce, start_step=start_step)
+
+
+__all__ = ["attach", "build_plan", "SiteRef"]

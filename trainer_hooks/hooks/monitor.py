@@ -1,0 +1,374 @@
+"""The :class:`Monitor`: forward hooks on the discovered sites plus the per-step record.
+
+A ``Monitor`` is built by :func:`trainer_hooks.hooks.attach` from a plan (which module plays
+which site, which attention statistic each layer gets). Its hooks first check a Python flag
+(``every=N``: off on skipped steps) and the module's ``training`` flag (evaluation forwards are
+never recorded), then compute their statistics on the device (:mod:`.stats`) and hand them to a
+:class:`~.accumulate.StepAccumulator`. ``step()`` closes the training step: it reduces what the
+hooks collected (and, with ``reduce=True``, across ranks), appends the run-level scalars
+(``loss``, ``lr``, ``grad_norm``, extras), and moves everything to the host in one transfer; the
+record ``{"step", "rank", "values"}`` reaches the sink when that transfer has completed (at once
+on CPU; on CUDA at a later ``step()``/``flush()``, so the training thread never waits).
+Monitoring never raises into training except for invalid arguments to ``step()``: a failing
+hook is disabled with a warning, a failing sink is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from stabmon.wire import is_valid_key
+
+from .accumulate import HostTransfer, StepAccumulator
+from .discovery import SiteRef
+from .distributed import rank_and_world, reduce_step
+from .stats import (
+    entropy_mean,
+    fused_qkv_logit_max,
+    head_norm_max,
+    probe_logit_max,
+    rotary_logit_bound,
+    token_l2,
+)
+
+log = logging.getLogger("trainer_hooks.hooks")
+
+
+class Sink(Protocol):
+    """Where records go; implemented by ``trainer_hooks.client`` (Client, MemorySink, ...)."""
+
+    def write(self, record: dict) -> None: ...
+    def flush(self, timeout: float | None = None) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class SitePlan:
+    """What the hook on one module computes."""
+
+    name: str
+    ref: SiteRef
+    attn: str | None = None
+    """None, or the attention statistic this module yields: ``fused`` (logit max from a fused
+    q|k|v output), ``q``/``k`` (half of the rotary logit bound), ``probe`` (logit max from a
+    logit probe), ``entropy`` (from a probability probe)."""
+    n_head: int | None = None
+    """Heads of a fused q|k|v output (``fused``)."""
+    head_dim: int | None = None
+    """Per-head width of a q or k output (``q``/``k``)."""
+    scale: float | None = None
+    """Logit scale (``fused``, ``q``/``k``); None means 1/sqrt(head size)."""
+
+
+@dataclass
+class Plan:
+    family: str
+    sites: list[SitePlan]
+    record_attention: list[str] = field(default_factory=list)
+    """Attention modules whose ``record_attention`` flag must be switched on for the probes."""
+
+
+class Monitor:
+    """Handle returned by :func:`~trainer_hooks.hooks.attach`; see the module docstring."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: Plan,
+        sink: Sink,
+        *,
+        every: int = 1,
+        optimizer: torch.optim.Optimizer | None = None,
+        reduce: bool = False,
+        start_step: int = 0,
+    ) -> None:
+        self.model = model
+        self.sink = sink
+        self.every = every
+        self.optimizer = optimizer
+        self.reduce = reduce
+        self.family = plan.family
+        self.sites: dict[str, SiteRef] = {sp.name: sp.ref for sp in plan.sites}
+        self.rank, self.world = rank_and_world()
+        self._step = start_step
+        self._recording = start_step % every == 0
+        self._removed = False
+        self._acc = StepAccumulator()
+        self._transfer = HostTransfer()
+        self._handles: list[Any] = []
+        self._broken: set[str] = set()
+        self._qk: dict[int, dict[str, torch.Tensor]] = {}  # layer -> pending per-head q/k maxima
+        self._hook_grad_norm: torch.Tensor | None = None
+        self._sink_failed = False
+        self._restore: list[tuple[nn.Module, Any]] = []
+
+        modules = dict(model.named_modules())
+        for sp in plan.sites:
+            hook = self._make_hook(sp)
+            self._handles.append(modules[sp.name].register_forward_hook(hook))
+        for name in plan.record_attention:
+            attn = modules[name]
+            self._restore.append((attn, attn.record_attention))
+            attn.record_attention = True
+        if optimizer is not None:
+            self._handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_hook))
+
+    # ------------------------------------------------------------------ hooks
+    @property
+    def keys(self) -> list[str]:
+        """The per-layer series keys this monitor produces (run-level keys come from ``step()``)."""
+        return list(self._acc.keys)
+
+    @property
+    def step_index(self) -> int:
+        """The step that the next ``step()`` call closes."""
+        return self._step
+
+    def _make_hook(self, sp: SitePlan) -> Callable[..., None]:
+        layer, site = sp.ref
+        acc = self._acc
+        reg = acc.register
+        compute: Callable[[torch.Tensor], None]
+        if sp.attn == "probe":
+            ids = (reg(f"layer.{layer}.attn.logit_max"),)
+
+            def compute(x: torch.Tensor) -> None:
+                acc.add(ids, probe_logit_max(x).reshape(1))
+
+        elif sp.attn == "entropy":
+            ids = (reg(f"layer.{layer}.attn.entropy_mean"),)
+
+            def compute(x: torch.Tensor) -> None:
+                acc.add(ids, entropy_mean(x).reshape(1))
+
+        elif sp.attn == "fused":
+            ids = (
+                reg(f"layer.{layer}.{site}.l2_mean"),
+                reg(f"layer.{layer}.{site}.l2_max"),
+                reg(f"layer.{layer}.attn.logit_max"),
+            )
+            n_head, scale = sp.n_head, sp.scale
+
+            def compute(x: torch.Tensor) -> None:
+                logit = fused_qkv_logit_max(x, n_head, scale).reshape(1)
+                acc.add(ids, torch.cat((token_l2(x), logit)))
+
+        elif sp.attn in ("q", "k"):
+            ids = (reg(f"layer.{layer}.{site}.l2_mean"), reg(f"layer.{layer}.{site}.l2_max"))
+            bound_ids = (reg(f"layer.{layer}.attn.logit_bound"),)
+            role, other = sp.attn, ("k" if sp.attn == "q" else "q")
+            head_dim, scale = sp.head_dim, sp.scale
+
+            def compute(x: torch.Tensor) -> None:
+                acc.add(ids, token_l2(x))
+                heads = head_norm_max(x, x.shape[-1] // head_dim)  # (n_heads,)
+                pending = self._qk.setdefault(layer, {})
+                mate = pending.pop(other, None)
+                if mate is None:
+                    pending[role] = heads
+                    return
+                q, k = (heads, mate) if role == "q" else (mate, heads)
+                acc.add(bound_ids, rotary_logit_bound(q, k, scale).reshape(1))
+
+        else:
+            ids = (reg(f"layer.{layer}.{site}.l2_mean"), reg(f"layer.{layer}.{site}.l2_max"))
+
+            def compute(x: torch.Tensor) -> None:
+                acc.add(ids, token_l2(x))
+
+        name = sp.name
+
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            # Cheapest checks first: skipped steps and evaluation forwards cost two attribute reads.
+            if not self._recording or not module.training or name in self._broken:
+                return
+            x = out[0] if isinstance(out, (tuple, list)) else out
+            try:
+                compute(x)
+            except Exception as e:  # never take the training job down; stop monitoring this site
+                self._broken.add(name)
+                log.warning("stabmon: disabling the hook on %s (%s: %s)", name, type(e).__name__, e)
+
+        return hook
+
+    def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        # The gradients the optimizer is about to apply. Only trusted when this step's forward
+        # was already recorded: in a loop that calls mon.step() before optimizer.step(), this
+        # hook fires at the start of the next step with the previous step's gradients.
+        if not self._recording or self._acc.empty:
+            return
+        try:
+            self._hook_grad_norm = self._grads_norm()
+        except Exception as e:
+            log.warning("stabmon: gradient norm failed (%s: %s)", type(e).__name__, e)
+
+    def _grads_norm(self) -> torch.Tensor | None:
+        assert self.optimizer is not None
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return None
+        # foreach norms grouped per device, combined on the first grad's device: no host sync.
+        return torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
+
+    # ------------------------------------------------------------------ step
+    def step(
+        self,
+        loss: float | torch.Tensor | None = None,
+        *,
+        lr: float | torch.Tensor | None = None,
+        grad_norm: float | torch.Tensor | None = None,
+        **extra: float | torch.Tensor,
+    ) -> None:
+        """Close the current training step and emit its record (on recording steps).
+
+        ``loss``, ``lr``, ``grad_norm`` and every keyword in ``extra`` become run-level series;
+        each is a Python number or a one-element tensor (kept on the device until the step's
+        single transfer). With ``optimizer=`` given to :func:`attach`, ``lr`` defaults to
+        ``param_groups[0]["lr"]`` and ``grad_norm`` to the L2 norm of the parameters' gradients
+        (taken just before ``optimizer.step()``, or now if gradients are present).
+        """
+        if self._removed:
+            return
+        self._emit_ready()
+        if self._recording:
+            scalars: dict[str, Any] = {}
+            if loss is not None:
+                scalars["loss"] = loss
+            if lr is None and self.optimizer is not None:
+                lr = self.optimizer.param_groups[0]["lr"]
+            if lr is not None:
+                scalars["lr"] = lr
+            if grad_norm is None and self.optimizer is not None:
+                grad_norm = self._hook_grad_norm if self._hook_grad_norm is not None else self._grads_norm()
+            if grad_norm is not None:
+                scalars["grad_norm"] = grad_norm
+            for key, value in extra.items():
+                if not is_valid_key(key) or key.startswith("layer."):
+                    raise ValueError(
+                        f"step({key}=...): not a valid run-level series key (letters, digits, '_' "
+                        "and '.', not starting with 'layer.')"
+                    )
+                scalars[key] = value
+            self._close_step(scalars)
+        else:
+            self._acc.clear()
+        self._qk.clear()
+        self._hook_grad_norm = None
+        self._step += 1
+        self._recording = self._step % self.every == 0
+
+    def _close_step(self, scalars: dict[str, Any]) -> None:
+        dev_keys, dev_vals, host = [], [], {}
+        for key, value in scalars.items():
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1:
+                    raise ValueError(
+                        f"step({key}=...): expected a number or a one-element tensor, "
+                        f"got a tensor of shape {tuple(value.shape)}"
+                    )
+                dev_keys.append(key)
+                dev_vals.append(value.detach().reshape(1).to(torch.float32))
+            else:
+                try:
+                    host[key] = float(value)
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"step({key}=...): expected a number, got {value!r}") from e
+        try:
+            self._pack_and_submit(dev_keys, dev_vals, host)
+        except Exception as e:  # a broken monitor must not stop training
+            self._acc.clear()
+            log.warning("stabmon: dropping step %d (%s: %s)", self._step, type(e).__name__, e)
+
+    def _pack_and_submit(
+        self, dev_keys: list[str], dev_vals: list[torch.Tensor], host: dict[str, float]
+    ) -> None:
+        n = len(self._acc.keys)
+        device = self._acc.device or (dev_vals[0].device if dev_vals else torch.device("cpu"))
+        res = self._acc.finish()
+        if res is None:
+            maxes = torch.full((n,), -math.inf, device=device)
+            sums, counts = torch.zeros(n, device=device), torch.zeros(n, device=device)
+        else:
+            maxes, sums, counts = res
+        dev_vals = [v.to(device, non_blocking=True) for v in dev_vals]
+        if self.reduce and self.world > 1:
+            # Every run-level value travels in the one collective, host numbers included.
+            keys = sorted([*dev_keys, *host])
+            by_key = dict(zip(dev_keys, dev_vals))
+            parts = [by_key[k] if k in by_key else torch.tensor([host[k]], device=device) for k in keys]
+            scal = torch.cat(parts) if parts else torch.zeros(0, device=device)
+            maxes, sums, counts, scal = reduce_step(maxes, sums, counts, scal, self.world)
+            dev_keys, host = keys, {}
+            if self.rank != 0:
+                return
+        else:
+            scal = torch.cat(dev_vals) if dev_vals else torch.zeros(0, device=device)
+        values = self._acc.combine(maxes, sums, counts)
+        vec = torch.cat((values, counts, scal))  # (2n + m,) float32: the step's one transfer
+        self._transfer.submit(vec, (self._step, n, dev_keys, host))
+
+    # ------------------------------------------------------------------ output
+    def _emit_ready(self, drain: bool = False) -> None:
+        done = self._transfer.drain() if drain else self._transfer.ready()
+        for (step, n, dev_keys, host), floats in done:
+            values: dict[str, float] = {}
+            keys = self._acc.keys
+            for i in range(n):
+                if floats[n + i] > 0:  # the series was recorded this step
+                    values[keys[i]] = floats[i]
+            values.update(zip(dev_keys, floats[2 * n :]))
+            values.update(host)
+            self._write({"step": step, "rank": self.rank, "values": values})
+
+    def _write(self, record: dict) -> None:
+        try:
+            self.sink.write(record)
+        except Exception as e:
+            if not self._sink_failed:
+                log.warning("stabmon: sink %r failed (%s: %s)", self.sink, type(e).__name__, e)
+            self._sink_failed = True
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Hand every pending record to the sink (waiting for device copies), then flush the sink."""
+        self._emit_ready(drain=True)
+        try:
+            self.sink.flush(timeout)
+        except Exception as e:
+            log.warning("stabmon: sink flush failed (%s: %s)", type(e).__name__, e)
+
+    def remove(self) -> None:
+        """Remove every hook, restore ``record_attention`` and emit pending records. Idempotent.
+
+        The model is left exactly as before :func:`attach`. A model compiled after attaching keeps
+        the hook calls traced into its graph; they see the monitor removed and do nothing.
+        """
+        if self._removed:
+            return
+        self._recording = False
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for module, old in self._restore:
+            module.record_attention = old
+        self._restore.clear()
+        self._emit_ready(drain=True)
+        self._removed = True
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return (
+            f"Monitor(family={self.family!r}, sites={len(self.sites)}, every={self.every}, "
+            f"step={self._step}, removed={self._removed})"
+        )

@@ -1,0 +1,101 @@
+"""On-device statistics of the tensors that the forward hooks see.
+
+Every function here takes a module's output (or an attention probe's tensor), detaches it,
+computes in float32 under ``torch.no_grad()`` and returns a small float32 tensor on the same
+device: nothing is moved to the host, nothing calls ``.item()``, so the hooks never force a
+device synchronisation. The monitor stacks these results and moves them to the host once per
+emitted step. Each function is also the reference definition of its statistic, which the tests
+check against a direct computation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to(torch.float32)
+
+
+@torch.no_grad()
+def token_l2(x: torch.Tensor) -> torch.Tensor:
+    """``[mean, max]`` over tokens of the per-token L2 norm of ``x`` (..., d).
+
+    One fused norm over the last dimension of the whole (B*T, d) tensor, then one mean and
+    one max of the (B*T,) norms. NaN/inf in ``x`` propagate into both values (that is data).
+    """
+    n = torch.linalg.vector_norm(_f32(x).reshape(-1, x.shape[-1]), dim=-1)  # (B*T,)
+    return torch.stack((n.mean(), n.amax()))
+
+
+@torch.no_grad()
+def fused_qkv_logit_max(qkv: torch.Tensor, n_head: int, scale: float | None = None) -> torch.Tensor:
+    """Largest causal attention logit ``max |q.k| * scale`` from a fused q|k|v projection.
+
+    ``qkv`` is (B, T, 3d), laid out q | k | v along the last dimension as in nanoGPT's
+    ``c_attn`` and GPT-2's ``Conv1D``; heads are contiguous slices of ``hs = d / n_head``.
+    ``scale`` defaults to ``1/sqrt(hs)``. Only valid for models without rotary embeddings
+    (the logits are exactly what the attention computes before masking and softmax).
+    Returns a 0-d tensor.
+    """
+    B, T, three_d = qkv.shape
+    d = three_d // 3
+    hs = d // n_head
+    if scale is None:
+        scale = 1.0 / math.sqrt(hs)
+    q, k = _f32(qkv)[..., : 2 * d].split(d, dim=-1)
+    q = q.view(B, T, n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+    k = k.view(B, T, n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+    z = torch.matmul(q, k.transpose(-2, -1)).abs_()  # (B, nh, T, T)
+    # Future positions never reach the softmax: drop them (|z| >= 0, so 0 cannot win the max
+    # unless every logit is 0).
+    future = torch.ones(T, T, dtype=torch.bool, device=z.device).triu_(1)
+    return z.masked_fill_(future, 0.0).amax() * scale
+
+
+@torch.no_grad()
+def probe_logit_max(z: torch.Tensor) -> torch.Tensor:
+    """Largest ``|logit|`` of an attention-logit probe (B, nh, T, T), ignoring masked entries.
+
+    The probe carries the logits already scaled by 1/sqrt(hs) and before any cap, with masked
+    (future) entries set to -inf; those are excluded. A genuine NaN or +inf still propagates.
+    Returns a 0-d tensor.
+    """
+    z = _f32(z)
+    return torch.where(z == -math.inf, 0.0, z.abs()).amax()
+
+
+@torch.no_grad()
+def entropy_mean(p: torch.Tensor) -> torch.Tensor:
+    """Mean attention entropy ``-sum_j p log p`` over batch, heads and query positions.
+
+    ``p`` is the softmax output (B, nh, T, T); ``torch.special.entr`` gives ``0`` for ``p = 0``
+    (masked entries) instead of ``0 * log 0 = nan``. Returns a 0-d tensor.
+    """
+    return torch.special.entr(_f32(p)).sum(dim=-1).mean()
+
+
+@torch.no_grad()
+def head_norm_max(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Per-head max over tokens of the per-head L2 norm of a q or k projection output.
+
+    ``x`` is (B, T, n_head * hs); returns (n_head,).
+    """
+    B, T, d = x.shape
+    n = torch.linalg.vector_norm(_f32(x).view(B * T, n_head, d // n_head), dim=-1)  # (B*T, nh)
+    return n.amax(dim=0)
+
+
+@torch.no_grad()
+def rotary_logit_bound(q_max: torch.Tensor, k_max: torch.Tensor, scale: float) -> torch.Tensor:
+    """Upper bound on ``max |q.k| * scale`` for attention with rotary embeddings.
+
+    A rotation keeps each head's vector norm, so ``|q_rot . k_rot| <= |q| |k|``: the bound is
+    ``max_h max|q_h| * max|k_g(h)| * scale``, where query head ``h`` reads key head
+    ``g(h) = h // (n_q / n_kv)`` (grouped-query attention). ``q_max`` is (n_q,), ``k_max``
+    (n_kv,), as returned by :func:`head_norm_max`. Returns a 0-d tensor.
+    """
+    groups = q_max.shape[0] // k_max.shape[0]
+    return (q_max * k_max.repeat_interleave(groups)).amax() * scale

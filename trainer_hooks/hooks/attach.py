@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .discovery import SiteRef, discover_sites
-from .monitor import Monitor, Plan, SitePlan, Sink
+from .monitor import Monitor, Plan, Sink, SitePlan
 
 _HEAD_ATTRS = ("n_head", "num_heads", "n_heads", "num_attention_heads")
 

@@ -301,7 +301,7 @@ class Monitor:
         if self.reduce and self.world > 1:
             # Every run-level value travels in the one collective, host numbers included.
             keys = sorted([*dev_keys, *host])
-            by_key = dict(zip(dev_keys, dev_vals))
+            by_key = dict(zip(dev_keys, dev_vals, strict=True))
             parts = [by_key[k] if k in by_key else torch.tensor([host[k]], device=device) for k in keys]
             scal = torch.cat(parts) if parts else torch.zeros(0, device=device)
             maxes, sums, counts, scal = reduce_step(maxes, sums, counts, scal, self.world)
@@ -323,7 +323,7 @@ class Monitor:
             for i in range(n):
                 if floats[n + i] > 0:  # the series was recorded this step
                     values[keys[i]] = floats[i]
-            values.update(zip(dev_keys, floats[2 * n :]))
+            values.update(zip(dev_keys, floats[2 * n :], strict=True))
             values.update(host)
             self._write({"step": step, "rank": self.rank, "values": values})
 

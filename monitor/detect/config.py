@@ -46,6 +46,9 @@ class NormGrowthConfig(RuleConfig):
     """Growth is measured against the smallest value seen within this many steps."""
     window_points: int = Field(default=16, ge=2, le=256)
     """At most this many past observations are kept per series (sparse monitoring keeps fewer)."""
+    window_min_points: int = Field(default=4, ge=1)
+    """...but the window always keeps this many past observations, so sparse monitoring
+    (every=50) still compares against a few earlier values."""
     sustain: int = Field(default=2, ge=1, le=32)
     """The current value is the minimum of the last ``sustain`` observations: a one-batch
     outlier does not fire."""
@@ -64,6 +67,11 @@ class NormGrowthConfig(RuleConfig):
     def _ordered(self) -> NormGrowthConfig:
         _check_pair(self.growth_warning, self.growth_critical, "norm_growth.growth")
         _check_pair(self.baseline_warning, self.baseline_critical, "norm_growth.baseline")
+        if self.window_min_points > self.window_points:
+            raise ValueError(
+                f"norm_growth: window_min_points ({self.window_min_points}) exceeds "
+                f"window_points ({self.window_points})"
+            )
         return self
 
 

@@ -5,7 +5,8 @@ outputs grow step after step. Per series ``layer.{i}.{site}.{stat}`` (sites qkv/
 fc2, stats l2_mean/l2_max) the rule compares a *sustained* current value — the minimum of the
 last ``sustain`` observations, so a single outlier batch cannot fire — against two references:
 
-- the smallest value within the last ``window_steps`` steps (a rate: "grew 40x in 25 steps"),
+- the smallest value within the last ``window_steps`` steps (a rate: "grew 40x in 25 steps";
+  kept as per-bucket minima, so the window is bounded whatever the monitoring cadence),
   which ignores the slow, legitimate growth of norms over a long run;
 - the run's own early baseline, the median of ``baseline_points`` observations after a short
   ``burn_in`` (catches growth too slow for the window).
@@ -58,10 +59,12 @@ class NormGrowthRule(Rule):
             "bl": [],
             "b": None,
             "bs": None,  # early baseline: buffer, log value, step
-            "win": [],  # [[step, log value], ...] oldest first
+            "win": [],  # [[step, log value], ...]: per-bucket minima, oldest first
+            "rec": [],  # log values of the last `sustain - 1` observations
             "ref": None,
             "rs": None,  # frozen reference (log value, step) while firing
             "v": 0.0,
+            "t": 0,
             "g": 0.0,
             "gs": 0,
             "g0": 0.0,
@@ -71,45 +74,48 @@ class NormGrowthRule(Rule):
     def update(self, s: dict[str, Any], step: int, value: float) -> None:
         cfg: NormGrowthConfig = self.cfg
         lv = math.log(max(value, _TINY))
-        win = s["win"]
-        k = cfg.sustain - 1
-        recent = win[-k:] if k > 0 else []
-        cur = min([p[1] for p in recent] + [lv])
-        refpts = win[:-k] if k > 0 else win
+        win, rec = s["win"], s["rec"]
+        cur = min(rec + [lv])  # sustained value: every one of the last `sustain` observations is this high
 
-        if s["lvl"] > QUIET and s["ref"] is not None:
+        if s["ref"] is not None:
             g, g_step, g_ref = cur - s["ref"], s["rs"], s["ref"]
-        elif refpts:
-            g_ref, g_step = min((p[1], p[0]) for p in refpts)
+        elif win:
+            g_ref, g_step = min((p[1], p[0]) for p in win)
             g = cur - g_ref
         else:
             g, g_step, g_ref = 0.0, step, cur
         bg = cur - s["b"] if s["b"] is not None else 0.0
 
         gr, br = _ratio(g), _ratio(bg)
-        enter = max(
-            level_of(gr, cfg.growth_warning, cfg.growth_critical),
-            level_of(br, cfg.baseline_warning, cfg.baseline_critical),
-        )
+        g_enter = level_of(gr, cfg.growth_warning, cfg.growth_critical)
+        enter = max(g_enter, level_of(br, cfg.baseline_warning, cfg.baseline_critical))
         hold = max(
             level_of(gr, cfg.growth_warning, cfg.growth_critical, cfg.clear_fraction),
             level_of(br, cfg.baseline_warning, cfg.baseline_critical, cfg.clear_fraction),
         )
-        was = s["lvl"]
-        now = advance(s, enter, hold)
-        if now == QUIET:
+        if advance(s, enter, hold) == QUIET:
             s["ref"] = s["rs"] = None
-        elif was == QUIET:
-            # Freeze the reference that made it fire: the window minimum, or the early baseline.
-            if g >= bg or s["b"] is None:
-                s["ref"], s["rs"] = g_ref, g_step
-            else:
-                s["ref"], s["rs"] = s["b"], s["bs"]
-                g, g_step, g_ref = bg, s["bs"], s["b"]
-        s["v"], s["g"], s["gs"], s["g0"], s["bg"] = value, g, step - g_step, g_ref, bg
+        elif s["ref"] is None and g_enter > QUIET:
+            # Freeze the window reference that made it fire: a run that blew up and plateaued
+            # keeps firing after the pre-blow-up values have left the window. (The baseline
+            # criterion needs no freezing: the baseline never moves.)
+            s["ref"], s["rs"] = g_ref, g_step
+        s["v"], s["t"], s["g"], s["gs"], s["g0"], s["bg"] = value, step, g, step - g_step, g_ref, bg
 
-        win.append([step, lv])
-        while len(win) > cfg.window_points or (len(win) > 1 and win[0][0] < step - cfg.window_steps):
+        rec.append(lv)
+        while len(rec) >= cfg.sustain:
+            rec.pop(0)
+        # The window keeps one minimum per bucket of `window_steps / window_points` steps, so it
+        # spans `window_steps` whatever the monitoring cadence, in at most `window_points` entries.
+        width = max(1, cfg.window_steps // cfg.window_points)
+        if win and win[-1][0] // width == step // width:
+            if lv < win[-1][1]:
+                win[-1] = [step, lv]
+        else:
+            win.append([step, lv])
+        while len(win) > cfg.window_points or (
+            len(win) > cfg.window_min_points and win[0][0] < step - cfg.window_steps
+        ):
             win.pop(0)
         s["n"] += 1
         if s["b"] is None and s["n"] > cfg.burn_in:
@@ -121,10 +127,11 @@ class NormGrowthRule(Rule):
         return max(s["g"], s["bg"])
 
     def describe(self, key: str, s: dict[str, Any]) -> str:
-        text = f"{key} grew {fmt(_ratio(s['g']))}x in {s['gs']} steps ({fmt(_exp(s['g0']))} -> {fmt(s['v'])})"
-        if s["b"] is not None and s["bg"] > s["g"] + 1e-9:
-            text += f", {fmt(_ratio(s['bg']))}x its early baseline"
-        return text
+        if s["b"] is not None and s["bg"] > s["g"]:
+            ratio, ref, steps, what = s["bg"], s["b"], s["t"] - s["bs"], " over its early baseline"
+        else:
+            ratio, ref, steps, what = s["g"], s["g0"], s["gs"], ""
+        return f"{key} grew {fmt(_ratio(ratio))}x{what} in {steps} steps ({fmt(_exp(ref))} -> {fmt(s['v'])})"
 
     def evidence(self, key: str, s: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -6,6 +6,7 @@ Payloads are validated with the real wire schemas, so a client bug shows up as a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import socket
@@ -112,10 +113,8 @@ class FakeCollector:
         srv.shutdown()
         srv.server_close()
         for c in list(srv.conns):
-            try:
+            with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self.release.clear()
 
     # -- what the tests check -------------------------------------------------------------

@@ -236,7 +236,6 @@ class Monitor:
         """
         if self._removed:
             return
-        self._emit_ready()
         if self._recording:
             scalars: dict[str, Any] = {}
             if loss is not None:
@@ -263,6 +262,7 @@ class Monitor:
         self._hook_grad_norm = None
         self._step += 1
         self._recording = self._step % self.every == 0
+        self._emit_ready()  # on CPU the record is complete now; on CUDA usually at a later step
 
     def _close_step(self, scalars: dict[str, Any]) -> None:
         dev_keys, dev_vals, host = [], [], {}

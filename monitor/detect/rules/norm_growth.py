@@ -34,6 +34,14 @@ def _ratio(log_ratio: float) -> float:
     return math.exp(min(log_ratio, _MAX_LOG_RATIO))
 
 
+def _log(threshold: float | None, shift: float = 0.0) -> float | None:
+    return None if threshold is None else math.log(threshold) + shift
+
+
+def _second(p: list[float]) -> float:
+    return p[1]
+
+
 def _exp(log_value: float) -> float:
     return math.exp(min(log_value, 709.0))  # a stored log of a finite float is <= 709.8
 
@@ -46,6 +54,11 @@ class NormGrowthRule(Rule):
         super().__init__(cfg)
         self.sites = frozenset(cfg.sites)
         self.stats = frozenset(cfg.stats)
+        clear = math.log(cfg.clear_fraction)
+        self.g_enter = (_log(cfg.growth_warning), _log(cfg.growth_critical))
+        self.b_enter = (_log(cfg.baseline_warning), _log(cfg.baseline_critical))
+        self.g_hold = (_log(cfg.growth_warning, clear), _log(cfg.growth_critical, clear))
+        self.b_hold = (_log(cfg.baseline_warning, clear), _log(cfg.baseline_critical, clear))
 
     def accepts(self, key: str, layer: int | None, site: str | None, stat: str) -> bool:
         return layer is not None and site in self.sites and stat in self.stats
@@ -80,19 +93,16 @@ class NormGrowthRule(Rule):
         if s["ref"] is not None:
             g, g_step, g_ref = cur - s["ref"], s["rs"], s["ref"]
         elif win:
-            g_ref, g_step = min((p[1], p[0]) for p in win)
+            g_step, g_ref = min(win, key=_second)  # the oldest of equal minima
             g = cur - g_ref
         else:
             g, g_step, g_ref = 0.0, step, cur
         bg = cur - s["b"] if s["b"] is not None else 0.0
 
-        gr, br = _ratio(g), _ratio(bg)
-        g_enter = level_of(gr, cfg.growth_warning, cfg.growth_critical)
-        enter = max(g_enter, level_of(br, cfg.baseline_warning, cfg.baseline_critical))
-        hold = max(
-            level_of(gr, cfg.growth_warning, cfg.growth_critical, cfg.clear_fraction),
-            level_of(br, cfg.baseline_warning, cfg.baseline_critical, cfg.clear_fraction),
-        )
+        # Thresholds compared in log space (precomputed): no exp() on the hot path.
+        g_enter = level_of(g, *self.g_enter)
+        enter = max(g_enter, level_of(bg, *self.b_enter))
+        hold = max(level_of(g, *self.g_hold), level_of(bg, *self.b_hold))
         if advance(s, enter, hold) == QUIET:
             s["ref"] = s["rs"] = None
         elif s["ref"] is None and g_enter > QUIET:

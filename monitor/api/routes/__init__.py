@@ -1,0 +1,1 @@
+"""One ``APIRouter`` per resource: runs, points, series (keys, latest, series), alerts, health."""

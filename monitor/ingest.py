@@ -1,0 +1,167 @@
+"""The ingest service: one points batch in, stored points, detector findings and alerts out.
+
+For a batch it runs, inside the store's one write transaction (:meth:`Store.write_points`):
+store the points; feed the run's rank-0 values to the detector in step order (the hooks reduce
+across ranks before sending, so rank 0 carries the run's view); open, update or resolve
+alerts; save the detector state in ``run_state``. A 2xx therefore means points, alerts and
+detector state are committed together, and a collector restart resumes from the saved state
+(or, when the snapshot is missing or unreadable, rebuilds it by replaying the stored series).
+A detector bug never fails ingestion: the points are kept, the error is logged, the state
+stays as it was. Alerts that changed go to an optional notifier (webhooks) after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from sqlalchemy import Connection
+
+from monitor.store import Store
+from monitor.store.alerts import apply_findings, load_state, open_alerts, save_state, stored_steps
+from monitor.store.codec import wire_to_float
+from stabmon.wire import AlertPublic, IngestResponse, PointsIn, RunPublic
+
+log = logging.getLogger(__name__)
+
+DETECTOR_RANK = 0
+
+
+class DetectorLike(Protocol):
+    """What the ingest service needs from a detector (``monitor.detect.Detector`` fits)."""
+
+    def new_state(self) -> Any: ...
+    def observe(self, state: Any, step: int, values: Mapping[str, float]) -> Sequence[Any]: ...
+
+
+class Notifier(Protocol):
+    def notify(self, run: Mapping[str, Any], alerts: Sequence[AlertPublic]) -> None: ...
+
+
+class DetectorFactory(Protocol):
+    """Builds a detector from a run's config and restores saved states."""
+
+    def build(self, run_config: Mapping[str, Any]) -> DetectorLike: ...
+    def restore(self, state: dict[str, Any]) -> Any: ...
+    def snapshot(self, state: Any) -> dict[str, Any]: ...
+
+
+class DefaultDetectorFactory:
+    """``monitor.detect``: configured per run by ``run.config["detector"]`` overrides."""
+
+    def build(self, run_config: Mapping[str, Any]) -> DetectorLike:
+        from monitor.detect import Detector, DetectorConfig
+
+        return Detector(DetectorConfig.from_overrides(run_config.get("detector") or {}))
+
+    def restore(self, state: dict[str, Any]) -> Any:
+        from monitor.detect import DetectorState
+
+        return DetectorState.from_dict(state)
+
+    def snapshot(self, state: Any) -> dict[str, Any]:
+        return state.to_dict()
+
+
+class IngestService:
+    """Stores batches and runs detection; shared by all requests of an app (thread-safe)."""
+
+    def __init__(
+        self,
+        store: Store,
+        detectors: DetectorFactory | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.store = store
+        self.detectors = detectors if detectors is not None else DefaultDetectorFactory()
+        self.notifier = notifier
+        # A run's config never changes after creation, so its detector can be cached.
+        self._cache: dict[str, tuple[int, RunPublic, DetectorLike | None]] = {}
+        self._lock = threading.Lock()
+
+    def check_config(self, run_config: Mapping[str, Any]) -> None:
+        """Raises ValueError when ``run_config["detector"]`` has unknown rules/fields."""
+        self.detectors.build(run_config)
+
+    def _detector(self, project_id: int, run_id: str) -> tuple[RunPublic, DetectorLike | None]:
+        with self._lock:
+            hit = self._cache.get(run_id)
+        if hit is not None and hit[0] == project_id:
+            return hit[1], hit[2]
+        run = self.store.get_run(project_id, run_id)  # NotFound for unknown / other project's runs
+        try:
+            det = self.detectors.build(run.config)
+        except Exception:  # a run registered before its config became invalid: store, don't detect
+            log.exception("run %s: cannot build its detector; ingesting without detection", run_id)
+            det = None
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[run_id] = (project_id, run, det)
+        return run, det
+
+    def ingest(self, project_id: int, run_id: str, body: PointsIn) -> IngestResponse:
+        run, det = self._detector(project_id, run_id)
+        steps = _rank_steps(body, DETECTOR_RANK)
+
+        def after(conn: Connection) -> tuple[list[AlertPublic], list[AlertPublic]]:
+            changed: list[AlertPublic] = []
+            if det is not None and steps:
+                fired = self._detect(conn, run_id, det, steps)
+                if fired is not None:
+                    changed = apply_findings(conn, run_id, fired)
+            return open_alerts(conn, run_id), changed
+
+        res = self.store.write_points(project_id, run_id, body.batch_id, body.points, after=after)
+        if res.duplicate:
+            return IngestResponse(
+                batch_id=body.batch_id,
+                accepted=0,
+                duplicate=True,
+                alerts=self.store.open_alerts(project_id, run_id),
+            )
+        alerts, changed = res.after
+        if changed and self.notifier is not None:
+            try:
+                self.notifier.notify(run, changed)
+            except Exception:  # a notifier must not fail an acknowledged batch
+                log.exception("run %s: alert notifier failed", run_id)
+        return IngestResponse(batch_id=body.batch_id, accepted=res.accepted, duplicate=False, alerts=alerts)
+
+    def _detect(
+        self, conn: Connection, run_id: str, det: DetectorLike, steps: list[tuple[int, dict[str, float]]]
+    ) -> list[tuple[int, Sequence[Any]]] | None:
+        """Feed ``steps`` to the run's detector; save its state. None if the detector failed."""
+        saved, _ = load_state(conn, run_id)
+        try:
+            state = None
+            if saved is not None:
+                try:
+                    state = self.detectors.restore(saved)
+                except ValueError:
+                    log.warning("run %s: unreadable detector state; rebuilding from stored series", run_id)
+            if state is None:
+                state = det.new_state()
+                for step, values in stored_steps(conn, run_id, DETECTOR_RANK, before=steps[0][0]):
+                    det.observe(state, step, values)
+            fired = [(step, list(det.observe(state, step, values))) for step, values in steps]
+            snapshot = self.detectors.snapshot(state)
+        except Exception:
+            log.exception("run %s: detector failed; points stored, detection skipped for this batch", run_id)
+            return None
+        save_state(conn, run_id, snapshot, steps[-1][0])
+        return fired
+
+
+def _rank_steps(body: PointsIn, rank: int) -> list[tuple[int, dict[str, float]]]:
+    """The batch's values at ``rank`` as (step, {key: float}) in step order (repeats: last wins)."""
+    by_step: dict[int, dict[str, float]] = {}
+    for p in body.points:
+        if p.rank != rank:
+            continue
+        d = by_step.setdefault(p.step, {})
+        for k, v in p.values.items():
+            d[k] = wire_to_float(v)
+    return sorted(by_step.items())

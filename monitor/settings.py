@@ -1,0 +1,77 @@
+"""The collector's configuration: one pydantic-settings object (environment prefix ``STABMON_``)
+shared by the FastAPI app, the ``stabmon serve|token|db`` commands and Alembic's ``env.py``.
+
+The database URL is ``STABMON_DB``. Its default is an SQLite file in ``./.stabmon/stabmon.db``
+(relative to the working directory, so a project checkout keeps its own runs, next to its
+code and ignored by git); set it to ``postgresql+psycopg://user@host/db`` for a shared collector.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DB_DIR = Path(".stabmon")
+DEFAULT_DB_URL = f"sqlite:///{DEFAULT_DB_DIR / 'stabmon.db'}"
+
+
+class Settings(BaseSettings):
+    """Every knob of the collector; each field reads ``STABMON_<NAME>`` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="STABMON_", extra="ignore")
+
+    db: str = DEFAULT_DB_URL
+    """SQLAlchemy URL: ``sqlite:///path/to.db`` or ``postgresql+psycopg://user:pw@host:5432/db``."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8321, ge=1, le=65535)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest accepted request body; larger ones get 413 before any parsing."""
+    migrate_on_start: bool | None = None
+    """Apply pending migrations when the app starts. None (default) means: yes for SQLite
+    (the embedded single-user case), no for PostgreSQL, where the server checks that the
+    schema is at head and refuses to start otherwise (run ``stabmon db upgrade``)."""
+    metrics_token: str | None = None
+    """When set, ``GET /metrics`` requires ``Authorization: Bearer <metrics_token>``;
+    when unset it is open (Prometheus scrapes it; it holds run ids and statistic values only)."""
+    active_run_window_s: float = Field(default=3600.0, gt=0)
+    """A run counts as active for ``/metrics`` if it is running and got data this recently."""
+    local_project: str = "default"
+    """Project of the token that ``stabmon serve`` creates on first start of an embedded SQLite DB."""
+    token_file: Path | None = None
+    """Where that local token is kept (mode 0600); default: next to the SQLite file, ``<db>.token``."""
+    db_pool_size: int = Field(default=8, ge=1)
+    retry_after_s: int = Field(default=5, ge=1)
+    """``Retry-After`` sent with 503 when the database is unreachable."""
+
+    @field_validator("db")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        if not (v.startswith("sqlite") or v.startswith("postgresql")):
+            raise ValueError(f"STABMON_DB must be an sqlite:/// or postgresql+psycopg:// URL, got {v!r}")
+        return v
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db.startswith("sqlite")
+
+    @property
+    def should_migrate_on_start(self) -> bool:
+        return self.is_sqlite if self.migrate_on_start is None else self.migrate_on_start
+
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file, or None for PostgreSQL and in-memory databases."""
+        if not self.is_sqlite:
+            return None
+        path = self.db.split(":///", 1)[1] if ":///" in self.db else ""
+        path = path.split("?", 1)[0]
+        if path in ("", ":memory:"):
+            return None
+        return Path(path)
+
+    def resolved_token_file(self) -> Path | None:
+        if self.token_file is not None:
+            return self.token_file
+        p = self.sqlite_path()
+        return p.with_name(p.name + ".token") if p is not None else None

@@ -1,0 +1,24 @@
+"""Storage for the collector: SQLAlchemy behind a small interface (:class:`Store`), SQLite or
+PostgreSQL chosen by URL. See :mod:`monitor.store.models` for the schema and
+:mod:`monitor.store.points` for the one batch-write primitive and its semantics."""
+
+from monitor.store.errors import Conflict, NotFound, StoreError
+from monitor.store.points import SeriesInfo, WriteResult
+from monitor.store.series import Buckets, SeriesResult
+from monitor.store.store import MetricRow, MetricsSnapshot, Store
+from monitor.store.tokens import Project, TokenInfo
+
+__all__ = [
+    "Buckets",
+    "Conflict",
+    "MetricRow",
+    "MetricsSnapshot",
+    "NotFound",
+    "Project",
+    "SeriesInfo",
+    "SeriesResult",
+    "Store",
+    "StoreError",
+    "TokenInfo",
+    "WriteResult",
+]

@@ -1,0 +1,17 @@
+"""Errors the store raises for conditions a caller can act on (the API maps them to 4xx).
+
+Database outages surface as SQLAlchemy's ``OperationalError``/``InterfaceError``, which the
+API turns into 503 with ``Retry-After``; the store does not wrap them.
+"""
+
+
+class StoreError(Exception):
+    """Base class for store errors."""
+
+
+class NotFound(StoreError):
+    """The run (or token, project) does not exist, or is not visible to the caller's project."""
+
+
+class Conflict(StoreError):
+    """The request clashes with stored state (e.g. a run id already used by another project)."""

@@ -1,0 +1,166 @@
+"""The collector's SQL schema (SQLAlchemy Core tables; Alembic migrations mirror them).
+
+Shaped for the workload: hundreds of series per run, one value per series per step,
+read back by (run, key) over step ranges. Each series is one row in ``series`` (its key
+parsed into layer/site/stat), and every value is one row of the narrow ``points`` table
+whose composite primary key (series_id, rank, step) is exactly the range-scan order.
+
+Non-finite values: PostgreSQL's double precision stores NaN and +/-inf natively. SQLite
+stores inf natively but turns NaN into NULL, so ``points.value``/``latest.value`` are
+nullable and NULL *means NaN* (no other NULL is ever written); :mod:`monitor.store.codec`
+handles both backends.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+# Deterministic constraint names, so Alembic migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# Timestamps are timezone-aware UTC everywhere.
+TS = DateTime(timezone=True)
+# BIGINT autoincrement does not work on SQLite (only INTEGER PRIMARY KEY aliases rowid).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", TS, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),  # sha256 hex of the token
+    Column("prefix", String(16), nullable=False),  # shown in `token list`, useless for auth
+    Column("label", String(200), nullable=True),
+    Column("created_at", TS, nullable=False),
+    Column("revoked_at", TS, nullable=True),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("variant", String(200), nullable=True),  # config["variant"], indexed for filtering
+    Column("config", JSON, nullable=False),
+    Column("summary", JSON, nullable=False),
+    Column("last_step", BigInteger, nullable=True),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Index("ix_runs_project_created", "project_id", "created_at"),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(128), nullable=False),
+    Column("layer", Integer, nullable=True),
+    Column("site", String(32), nullable=True),
+    Column("stat", String(128), nullable=False),
+    UniqueConstraint("run_id", "key", name="uq_series_run_id_key"),
+)
+
+points = Table(
+    "points",
+    metadata,
+    Column("series_id", BigId, ForeignKey("series.id", ondelete="CASCADE"), nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("step", BigInteger, nullable=False),
+    Column("value", Float(precision=53), nullable=True),  # NULL = NaN (SQLite); see module doc
+    PrimaryKeyConstraint("series_id", "rank", "step", name="pk_points"),
+)
+
+latest = Table(
+    "latest",
+    metadata,
+    Column("series_id", BigId, ForeignKey("series.id", ondelete="CASCADE"), primary_key=True),
+    Column("rank", Integer, nullable=False),
+    Column("step", BigInteger, nullable=False),
+    Column("value", Float(precision=53), nullable=True),
+)
+
+ingest_batches = Table(
+    "ingest_batches",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("batch_id", String(128), nullable=False),
+    Column("n_points", Integer, nullable=False),
+    Column("received_at", TS, nullable=False),
+    # The idempotency guarantee: concurrent retries of one batch race on this constraint.
+    UniqueConstraint("run_id", "batch_id", name="uq_ingest_batches_run_id_batch_id"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("rule", String(128), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("step", BigInteger, nullable=False),
+    Column("last_step", BigInteger, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("evidence", JSON, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Index("ix_alerts_run_id_status", "run_id", "status"),
+    # At most one OPEN alert per (run, rule): a partial unique index on both backends.
+    Index(
+        "uq_alerts_open_run_rule",
+        "run_id",
+        "rule",
+        unique=True,
+        postgresql_where=text("status = 'open'"),
+        sqlite_where=text("status = 'open'"),
+    ),
+)
+
+run_state = Table(
+    "run_state",
+    metadata,
+    Column("run_id", String(64), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    # Text, not JSON: detector state may hold NaN/inf floats, which Python's json round-trips
+    # but PostgreSQL's json type rejects.
+    Column("detector_state", Text, nullable=False),
+    Column("last_step", BigInteger, nullable=True),
+    Column("updated_at", TS, nullable=False),
+)
+
+# Used by tests and `truncate`: children before parents.
+ALL_TABLES = (run_state, alerts, ingest_batches, latest, points, series, runs, tokens, projects)

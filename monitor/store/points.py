@@ -1,0 +1,190 @@
+"""The one batch-write primitive, :meth:`PointsMixin.write_points`, and the cheap reads
+around it (series keys, latest values).
+
+One batch is one transaction: the ``ingest_batches`` row (unique per run and batch id, so
+concurrent retries of the same batch race on the constraint, not on a lookup), the series
+rows for new keys, every value, the ``latest`` upserts, the run's ``last_step``, and whatever
+the ``after`` callback writes (the ingest service's detector state and alerts). A 2xx answer
+therefore means all of it is committed.
+
+Overwrite semantics: inside one batch a repeated (step, rank, key) keeps the last value
+sent; a (step, rank, key) already stored by an earlier batch is overwritten (a run resumed
+from a checkpoint re-sends the steps after it, and the new values are the truth).
+``latest`` holds, per series, the value at the highest step seen (ties: the lower rank).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, func, select, text
+
+from monitor.store import models as m
+from monitor.store.codec import from_db, to_db, utcnow, wire_to_float
+from monitor.store.runs import dialect_insert
+from stabmon.wire import parse_key
+
+
+class PointLike(Protocol):
+    step: int
+    rank: int
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    accepted: int
+    """Values stored (after collapsing repeats of a (step, rank, key) in the batch)."""
+    duplicate: bool
+    after: Any = None
+    """What the ``after`` callback returned (None for a duplicate batch)."""
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    key: str
+    layer: int | None
+    site: str | None
+    stat: str
+    last_step: int | None
+
+
+_PG_UPSERT_POINTS = text(
+    "INSERT INTO points (series_id, rank, step, value) "
+    "SELECT * FROM unnest(CAST(:sid AS bigint[]), CAST(:rank AS integer[]), "
+    "CAST(:step AS bigint[]), CAST(:value AS double precision[])) "
+    "ON CONFLICT (series_id, rank, step) DO UPDATE SET value = excluded.value"
+)
+_PG_UPSERT_LATEST = text(
+    "INSERT INTO latest (series_id, rank, step, value) "
+    "SELECT * FROM unnest(CAST(:sid AS bigint[]), CAST(:rank AS integer[]), "
+    "CAST(:step AS bigint[]), CAST(:value AS double precision[])) "
+    "ON CONFLICT (series_id) DO UPDATE SET rank = excluded.rank, step = excluded.step, "
+    "value = excluded.value WHERE excluded.step >= latest.step"
+)
+_SQLITE_UPSERT_POINTS = (
+    "INSERT INTO points (series_id, rank, step, value) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (series_id, rank, step) DO UPDATE SET value = excluded.value"
+)
+_SQLITE_UPSERT_LATEST = (
+    "INSERT INTO latest (series_id, rank, step, value) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (series_id) DO UPDATE SET rank = excluded.rank, step = excluded.step, "
+    "value = excluded.value WHERE excluded.step >= latest.step"
+)
+
+
+class PointsMixin:
+    """Methods on :class:`monitor.store.Store` for points, keys and latest values."""
+
+    def write_points(
+        self,
+        project_id: int,
+        run_id: str,
+        batch_id: str,
+        points: Sequence[PointLike],
+        after: Callable[[Connection], Any] | None = None,
+    ) -> WriteResult:
+        """Store one batch atomically; a batch id already stored for this run is a no-op
+        answered with ``duplicate=True``. ``after(conn)`` runs inside the same transaction
+        once the points are written (not for duplicates)."""
+        # Collapse repeats: last one wins. (PostgreSQL's ON CONFLICT DO UPDATE also refuses
+        # to touch one row twice in a statement, so this is needed, not only tidy.)
+        flat: dict[tuple[str, int, int], float] = {}
+        for p in points:
+            rank, step = p.rank, p.step
+            for key, v in p.values.items():
+                flat[(key, rank, step)] = wire_to_float(v)
+        with self._write() as conn:
+            self._check_run(conn, project_id, run_id, lock=True)
+            stored = conn.execute(
+                dialect_insert(conn, m.ingest_batches)
+                .values(run_id=run_id, batch_id=batch_id, n_points=len(flat), received_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["run_id", "batch_id"])
+                .returning(m.ingest_batches.c.id)
+            ).first()
+            if stored is None:
+                return WriteResult(0, True)
+            if flat:
+                ids = self._series_ids(conn, run_id, {k for k, _, _ in flat})
+                self._insert_values(conn, ids, flat)
+                max_step = max(s for _, _, s in flat)
+                conn.execute(
+                    m.runs.update()
+                    .where(m.runs.c.id == run_id)
+                    .values(
+                        last_step=func.max(func.coalesce(m.runs.c.last_step, -1), max_step)
+                        if conn.dialect.name == "sqlite"
+                        else func.greatest(func.coalesce(m.runs.c.last_step, -1), max_step),
+                        updated_at=utcnow(),
+                    )
+                )
+            result = after(conn) if after is not None else None
+            return WriteResult(len(flat), False, result)
+
+    def _series_ids(self, conn: Connection, run_id: str, keys: Iterable[str]) -> dict[str, int]:
+        """key -> series.id for this run, creating the missing series rows."""
+        q = select(m.series.c.key, m.series.c.id).where(m.series.c.run_id == run_id)
+        ids = dict(conn.execute(q).tuples().all())
+        missing = [k for k in keys if k not in ids]
+        if missing:
+            rows = []
+            for k in missing:
+                sk = parse_key(k)
+                rows.append({"run_id": run_id, "key": k, "layer": sk.layer, "site": sk.site, "stat": sk.stat})
+            conn.execute(
+                dialect_insert(conn, m.series).on_conflict_do_nothing(index_elements=["run_id", "key"]), rows
+            )
+            ids = dict(conn.execute(q).tuples().all())
+        return ids
+
+    def _insert_values(
+        self, conn: Connection, ids: dict[str, int], flat: dict[tuple[str, int, int], float]
+    ) -> None:
+        sqlite = conn.dialect.name == "sqlite"
+        # latest: per series the highest step, ties to the lower rank.
+        best: dict[int, tuple[int, int, float]] = {}
+        rows = []
+        for (key, rank, step), x in flat.items():
+            sid = ids[key]
+            v = to_db(x, sqlite)
+            rows.append((sid, rank, step, v))
+            b = best.get(sid)
+            if b is None or step > b[1] or (step == b[1] and rank < b[0]):
+                best[sid] = (rank, step, v)
+        lrows = [(sid, r, s, v) for sid, (r, s, v) in best.items()]
+        if sqlite:
+            # Straight to the driver: no per-row SQLAlchemy parameter processing.
+            conn.exec_driver_sql(_SQLITE_UPSERT_POINTS, rows)
+            conn.exec_driver_sql(_SQLITE_UPSERT_LATEST, lrows)
+            return
+        # PostgreSQL: one statement per table, columns as arrays through unnest().
+        for stmt, data in ((_PG_UPSERT_POINTS, rows), (_PG_UPSERT_LATEST, lrows)):
+            sid, rank, step, value = (list(c) for c in zip(*data, strict=True))
+            conn.execute(stmt, {"sid": sid, "rank": rank, "step": step, "value": value})
+
+    # -- reads ---------------------------------------------------------------------------
+    def keys(self, project_id: int, run_id: str) -> list[SeriesInfo]:
+        """Every series of the run, sorted by key, with the step of its latest value."""
+        with self._read() as conn:
+            self._check_run(conn, project_id, run_id)
+            rows = conn.execute(
+                select(m.series.c.key, m.series.c.layer, m.series.c.site, m.series.c.stat, m.latest.c.step)
+                .outerjoin(m.latest, m.latest.c.series_id == m.series.c.id)
+                .where(m.series.c.run_id == run_id)
+                .order_by(m.series.c.key)
+            ).all()
+        return [SeriesInfo(r.key, r.layer, r.site, r.stat, r.step) for r in rows]
+
+    def latest(self, project_id: int, run_id: str) -> dict[str, tuple[int, float]]:
+        """key -> (step, value) from the latest-value table (NaN/inf as floats)."""
+        with self._read() as conn:
+            self._check_run(conn, project_id, run_id)
+            rows = conn.execute(
+                select(m.series.c.key, m.latest.c.step, m.latest.c.value)
+                .join(m.latest, m.latest.c.series_id == m.series.c.id)
+                .where(m.series.c.run_id == run_id)
+                .order_by(m.series.c.key)
+            ).all()
+        return {r.key: (r.step, from_db(r.value)) for r in rows}

@@ -1,0 +1,110 @@
+"""The :class:`Store`: the collector's whole storage interface, one object per database.
+
+Routes and services call its methods and never hold SQL. The backend is chosen by URL
+(``sqlite:///...`` or ``postgresql+psycopg://...``); the methods are grouped by concept in
+mixins (runs, tokens, points, series, alerts). Every method runs in its own transaction;
+writes on SQLite take the write lock up front (see :mod:`monitor.store.engine`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, and_, select, text
+
+from monitor.store import models as m
+from monitor.store.alerts import AlertsMixin
+from monitor.store.codec import from_db, utcnow
+from monitor.store.engine import WRITE_OPTION, make_engine
+from monitor.store.points import PointsMixin
+from monitor.store.runs import RunsMixin
+from monitor.store.series import SeriesMixin
+from monitor.store.tokens import TokensMixin
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One latest value of an active run, for the Prometheus collector."""
+
+    run_id: str
+    layer: int | None
+    site: str | None
+    stat: str
+    value: float
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    latest: list[MetricRow]
+    last_step: dict[str, int]
+    open_alerts: list[tuple[str, str, str]]  # (run_id, rule, severity)
+
+
+class Store(RunsMixin, TokensMixin, PointsMixin, SeriesMixin, AlertsMixin):
+    def __init__(self, url: str, pool_size: int = 8) -> None:
+        self.url = url
+        self.engine = make_engine(url, pool_size=pool_size)
+        self.dialect = self.engine.dialect.name
+
+    # -- transactions ----------------------------------------------------------------------
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    def ping(self) -> None:
+        """Raises if the database is unreachable."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def truncate(self) -> None:
+        """Delete every row (tests use this between cases)."""
+        with self._write() as conn:
+            if self.dialect == "postgresql":
+                names = ", ".join(t.name for t in m.ALL_TABLES)
+                conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+            else:
+                for t in m.ALL_TABLES:
+                    conn.execute(t.delete())
+
+    # -- Prometheus --------------------------------------------------------------------------
+    def metrics_snapshot(self, active_window_s: float, now: datetime | None = None) -> MetricsSnapshot:
+        """Latest values, last steps and open alerts of the active runs: status 'running'
+        and data (or an update) within ``active_window_s``."""
+        since = (now or utcnow()) - timedelta(seconds=active_window_s)
+        active = and_(m.runs.c.status == "running", m.runs.c.updated_at >= since)
+        with self._read() as conn:
+            latest = conn.execute(
+                select(
+                    m.series.c.run_id, m.series.c.layer, m.series.c.site, m.series.c.stat, m.latest.c.value
+                )
+                .join(m.latest, m.latest.c.series_id == m.series.c.id)
+                .join(m.runs, m.runs.c.id == m.series.c.run_id)
+                .where(active)
+            ).all()
+            steps = conn.execute(
+                select(m.runs.c.id, m.runs.c.last_step).where(active, m.runs.c.last_step.is_not(None))
+            ).all()
+            alerts = conn.execute(
+                select(m.alerts.c.run_id, m.alerts.c.rule, m.alerts.c.severity)
+                .join(m.runs, m.runs.c.id == m.alerts.c.run_id)
+                .where(active, m.alerts.c.status == "open")
+            ).all()
+        return MetricsSnapshot(
+            latest=[MetricRow(r.run_id, r.layer, r.site, r.stat, from_db(r.value)) for r in latest],
+            last_step={r.id: r.last_step for r in steps},
+            open_alerts=[(r.run_id, r.rule, r.severity) for r in alerts],
+        )

@@ -16,6 +16,15 @@ app = typer.Typer(
 )
 
 # Subcommands register themselves here, one line each (keep them sorted).
+from stabmon.cli import db  # noqa: E402
+
+app.add_typer(db.app, name="db")
+from stabmon.cli import serve  # noqa: E402
+
+app.command("serve")(serve.serve_cmd)
+from stabmon.cli import token  # noqa: E402
+
+app.add_typer(token.app, name="token")
 
 
 def main() -> None:

@@ -1,0 +1,42 @@
+"""The attention-logit thresholds the run page draws: the divergence detector's own settings
+for the run (its defaults updated by ``run.config["detector"]``), read from
+:class:`monitor.detect.DetectorConfig` rather than copied, so the lines on the plot are the
+levels at which the collector really alerts.
+
+Also the level past which Wortsman et al. (2023) saw every run diverge (~1e4), drawn as a
+reference line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from monitor.detect import DetectorConfig
+
+log = logging.getLogger(__name__)
+
+WORTSMAN_DIVERGENCE_LOGIT = 1e4
+"""Attention-logit magnitude past which every run of Wortsman et al. (2023) diverged."""
+
+
+def thresholds_for(run_config: Mapping[str, Any] | None) -> dict[str, dict[str, float | None]]:
+    """``{"logit_max": {"warning", "critical"}, "logit_bound": {...}}`` for a run's config.
+    A disabled rule draws no lines; an invalid override falls back to the defaults (the
+    collector rejects such a run's detector config too, and the page must still open)."""
+    overrides = (run_config or {}).get("detector")
+    try:
+        cfg = DetectorConfig.from_overrides(overrides if isinstance(overrides, Mapping) else None)
+    except ValueError as e:
+        log.warning("run detector overrides are invalid, drawing default thresholds: %s", e)
+        cfg = DetectorConfig()
+    rule = cfg.logit_max
+    if not rule.enabled:
+        return {"logit_max": {}, "logit_bound": {}}
+    # A rule capped at warning never reports critical: do not draw a critical line.
+    crit = rule.max_severity == "critical"
+    return {
+        "logit_max": {"warning": rule.warning, "critical": rule.critical if crit else None},
+        "logit_bound": {"warning": rule.bound_warning, "critical": rule.bound_critical if crit else None},
+    }

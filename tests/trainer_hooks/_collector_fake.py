@@ -90,6 +90,7 @@ class FakeCollector:
         self.release = threading.Event()
         self.reject: Callable[[dict], str | None] | None = None
         self.alerts: list[dict] = []
+        self.max_body: int | None = None  # answer 413 to larger request bodies
         self.port = 0
         self._srv: _Server | None = None
         self.start()
@@ -137,6 +138,9 @@ class FakeCollector:
         with self.lock:
             self.requests += 1
             self.auth_headers.append(h.headers.get("Authorization", ""))
+        if self.max_body is not None and int(h.headers.get("Content-Length", 0)) > self.max_body:
+            h._body()
+            return h._send(413, {"detail": f"limit: body over {self.max_body} bytes"})
         body = h._body()
         if self.hang.is_set():
             self.release.wait(30)

@@ -258,6 +258,19 @@ def test_batches_respect_point_and_byte_limits(collector, tmp_path):
     c.close()
 
 
+def test_too_large_batches_are_split_when_the_collector_limit_is_lower(collector, tmp_path):
+    collector.max_body = 6000
+    c = _client(collector, tmp_path, flush_interval_s=5.0)
+    recs = [_record(s) for s in range(120)]  # one ~13 kB batch
+    for r in recs:
+        c.write(r)
+    assert c.flush(10)
+    assert c.stats.rejected_batches == 0 and len(collector.order) >= 3
+    _assert_exactly_once(collector, recs)
+    assert [p["step"] for p in collector.points()] == list(range(120))
+    c.close()
+
+
 def test_invalid_keys_and_values_are_dropped_and_counted_not_raised(collector, tmp_path):
     c = _client(collector, tmp_path)
     c.write({"step": 0, "values": {"loss": 1.0, "bad key": 2.0, "lr": "fast", "ok.x": True}})

@@ -30,7 +30,7 @@ def test_fifo_ack_and_truncate_when_empty(tmp_path):
     assert sp.ack(b2.batch_id) and sp.path.stat().st_size == 0
     assert not sp.ack(b2.batch_id)
     sp.close()
-    assert not sp.path.exists()  # an empty spool leaves nothing behind
+    assert list(tmp_path.iterdir()) == []  # an empty spool leaves nothing behind
 
 
 def test_reload_replays_unacked_in_order(tmp_path):
@@ -143,3 +143,18 @@ def test_bound_applies_on_reload(tmp_path):
 def test_bad_settings_are_refused(tmp_path, kw):
     with pytest.raises(ValueError):
         Spool(tmp_path, "r.0", **kw)
+
+
+def test_split_replaces_a_batch_by_two_halves_in_place(tmp_path):
+    sp = Spool(tmp_path, "r.0")
+    b1, b2 = _batch(range(5)), _batch([9])
+    sp.append(b1)
+    sp.append(b2)
+    assert sp.split(b1.batch_id) and not sp.split(b2.batch_id)
+    heads = []
+    while (h := sp.peek()) is not None:
+        heads.append([p["step"] for p in json.loads(h[1])["points"]])
+        assert sp.done_through() == (0 if len(heads) < 3 else 1)
+        sp.ack(h[0])
+    assert heads == [[0, 1], [2, 3, 4], [9]]
+    sp.close()

@@ -130,6 +130,8 @@ class ClientStats:
     thinned_points: int
     rejected_batches: int
     rejected_points: int
+    points_lost: int
+    """Points that could not be written to the spool (disk full, permissions)."""
     alert_callback_errors: int
     last_error: str | None
 
@@ -319,6 +321,7 @@ class Client:
             thinned_points=sp.thinned_points,
             rejected_batches=c["rejected_batches"],
             rejected_points=c["rejected_points"],
+            points_lost=c["points_lost"],
             alert_callback_errors=self._alerts.callback_errors,
             last_error=self._last_error,
         )
@@ -392,7 +395,7 @@ class Client:
         try:
             self._spool.append(sealed)
         except OSError as e:
-            self._c["points_lost_io"] += sealed.n_points
+            self._c["points_lost"] += sealed.n_points
             self._error(f"cannot spool a batch of {sealed.n_points} points: {e}", logging.ERROR)
             return
         self._c["points_spooled"] += sealed.n_points
@@ -455,6 +458,17 @@ class Client:
                 self._c["duplicates"] += 1
             self._alerts.update(data.get("alerts"))
         elif reply.verdict == "reject":
+            if reply.status == 413 and self._spool.split(batch_id):
+                # The collector's body limit is below ours: resend in halves, and make new
+                # batches smaller from now on.
+                self._batcher.max_body_bytes = max(4096, min(self._batcher.max_body_bytes, len(body) // 2))
+                log.warning(
+                    "stabmon client: collector refused a %d-byte batch as too large; splitting it and "
+                    "lowering max_body_bytes to %d",
+                    len(body),
+                    self._batcher.max_body_bytes,
+                )
+                return Reply("ok", 413)
             if reply.status == 404 and self._reregistered_for != batch_id:
                 # The collector does not know the run (its database was reset): register again
                 # and resend once before calling the batch bad.

@@ -174,6 +174,21 @@ class Spool:
                 self._rewrite({})
             return True
 
+    def split(self, batch_id: str) -> bool:
+        """Replace a pending batch by its two halves under new ids, in place (the collector
+        answered 413: its body limit is below ours). False if it holds a single point."""
+        with self._lock:
+            e = next((e for e in self._entries if e.batch_id == batch_id), None)
+            if self._closed or e is None or e.n_points < 2:
+                return False
+            self._f.seek(e.offset)
+            pts = json.loads(self._f.read(e.nbytes))["points"]
+            enc = [json.dumps(p, separators=(",", ":"), allow_nan=False) for p in pts]
+            half = len(enc) // 2
+            # New ids are safe: a 413 means the collector stored nothing of this batch.
+            self._rewrite({batch_id: [seal(enc[:half]), seal(enc[half:])]})
+            return True
+
     def reject(self, batch_id: str, body: str, status: int | None, detail: str) -> None:
         """Move a batch the collector refused to the rejected file, with why, and drop it here."""
         with self._lock:
@@ -198,6 +213,7 @@ class Spool:
             self._f.close()
             if empty:
                 self.path.unlink(missing_ok=True)
+                Path(self._lock_file.name).unlink(missing_ok=True)
             if fcntl is not None:
                 fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             self._lock_file.close()
@@ -217,11 +233,10 @@ class Spool:
 
     def _load(self) -> None:
         self._f.seek(0)
-        raw = self._f.read()
         entries: list[_Entry] = []
         acked: set[str] = set()
         offset, dirty = 0, False
-        for line in raw.splitlines(keepends=True):
+        for line in self._f:  # line by line: a large spool is never held in memory whole
             start, offset = offset, offset + len(line)
             if not line.endswith(b"\n"):
                 dirty = True  # torn write from a crash: that batch never reached the spool
@@ -265,10 +280,10 @@ class Spool:
             self._f.seek(e.offset)
             bodies[e.batch_id] = json.loads(self._f.read(e.nbytes))
         steps = sorted({p["step"] for b in bodies.values() for p in b["points"]})
-        replaced: dict[str, SealedBatch | None] = {}
+        replaced: dict[str, list[SealedBatch]] = {}
         if len(steps) < 2:
             oldest = seg[0]
-            replaced[oldest.batch_id] = None
+            replaced[oldest.batch_id] = []
             self.thinned_points += oldest.n_points
         else:
             keep = set(steps[:: self.keep_every])
@@ -278,7 +293,7 @@ class Spool:
                 enc = [json.dumps(p, separators=(",", ":"), allow_nan=False) for p in pts]
                 # Same batch id: if the collector already stored the full batch (its answer was
                 # lost), the thinned retry is acknowledged as a duplicate, never stored twice.
-                replaced[bid] = seal(enc, batch_id=bid) if enc else None
+                replaced[bid] = [seal(enc, batch_id=bid)] if enc else []
         log.warning(
             "stabmon client: spool over %d bytes, thinned its oldest %d batches (%d points dropped so far)",
             self.max_bytes,
@@ -287,22 +302,21 @@ class Spool:
         )
         self._rewrite(replaced)
 
-    def _rewrite(self, replaced: dict[str, SealedBatch | None]) -> None:
-        """Rewrite the file with only pending batches (``replaced``: new body, or None to drop)."""
+    def _rewrite(self, replaced: dict[str, list[SealedBatch]]) -> None:
+        """Rewrite the file with only pending batches; ``replaced`` maps a batch id to the
+        batches that take its place (none: drop it; several: split it, all keeping its seq)."""
         tmp = self.path.with_suffix(".tmp")
         entries: list[_Entry] = []
         with open(tmp, "wb") as out:
             for e in self._entries:
                 if e.batch_id in replaced:
-                    nb = replaced[e.batch_id]
-                    if nb is None:
-                        continue
-                    data, n = (nb.body + "\n").encode(), nb.n_points
+                    parts = [((b.body + "\n").encode(), b.batch_id, b.n_points) for b in replaced[e.batch_id]]
                 else:
                     self._f.seek(e.offset)
-                    data, n = self._f.read(e.nbytes), e.n_points
-                entries.append(_Entry(e.seq, e.batch_id, out.tell(), len(data), n))
-                out.write(data)
+                    parts = [(self._f.read(e.nbytes), e.batch_id, e.n_points)]
+                for data, bid, n in parts:
+                    entries.append(_Entry(e.seq, bid, out.tell(), len(data), n))
+                    out.write(data)
             out.flush()
             if self.fsync:
                 os.fsync(out.fileno())

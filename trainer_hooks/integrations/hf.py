@@ -64,7 +64,8 @@ class StabmonCallback(TrainerCallback):
     ``url``/``token`` default to ``$STABMON_URL``/``$STABMON_TOKEN``; ``sink`` replaces the
     collector client by any sink (it is then the caller's to close). ``every=N`` records every
     N-th optimizer step. ``on_alert`` is ``"log"``, ``"stop"`` or a callable taking each alert;
-    ``stop_on`` the severities that ``"stop"`` acts on. ``attach_options`` go to
+    ``stop_on`` the severities that ``"stop"`` acts on; ``client_options`` go to the
+    `Client` (``spool_dir=``, ``flush_interval_s=``, ...). ``attach_options`` go to
     ``trainer_hooks.hooks.attach`` (``sites=``, ``logits=``, ``reduce=``, ...).
     """
 
@@ -80,6 +81,7 @@ class StabmonCallback(TrainerCallback):
         project: str | None = None,
         run_id: str | None = None,
         stop_on: Iterable[str] = ("critical",),
+        client_options: Mapping[str, Any] | None = None,
         **attach_options: Any,
     ) -> None:
         if not isinstance(every, int) or every < 1:
@@ -88,6 +90,7 @@ class StabmonCallback(TrainerCallback):
         self.every = every
         self.run_name, self.project, self.run_id = run_name, project, run_id
         self.alerts = session.AlertSwitch(on_alert, stop_on)
+        self.client_options = dict(client_options or {})
         self.attach_options = attach_options
         self.monitor = None
         self.stopped_at: int | None = None
@@ -121,11 +124,17 @@ class StabmonCallback(TrainerCallback):
             run_id=self.run_id,
             alert_switch=self.alerts,
             reduce=options["reduce"],
+            client_options=self.client_options,
         )
         # Records are numbered like the Trainer's logs: step k is the k-th optimizer update.
-        self.monitor = attach(
-            model, sink=self._sink, every=self.every, start_step=state.global_step + 1, **options
-        )
+        try:
+            self.monitor = attach(
+                model, sink=self._sink, every=self.every, start_step=state.global_step + 1, **options
+            )
+        except Exception:
+            session.release_sink(self._sink, self._owned, status=None)
+            self._sink = None
+            raise
         self._loss_hook = model.register_forward_hook(self._capture_loss, with_kwargs=True)
         self._scale = args.world_size if (args.average_tokens_across_devices and args.world_size > 1) else 1
 

@@ -157,6 +157,7 @@ def open_sink(
     run_id: str | None,
     alert_switch: AlertSwitch,
     reduce: bool,
+    client_options: Mapping[str, Any] | None = None,
 ) -> tuple[Any, bool]:
     """The sink a callback writes to and whether the callback owns (and so closes) it.
 
@@ -184,7 +185,7 @@ def open_sink(
     if distributed() and reduce and rank() != 0:
         return NullSink(), True
     run = RunInfo(name=run_name, project=project, config=dict(config), id=run_id)
-    return Client(url, token=token, run=run, on_alert=alert_switch), True
+    return Client(url, token=token, run=run, on_alert=alert_switch, **dict(client_options or {})), True
 
 
 def release_sink(

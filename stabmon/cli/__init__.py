@@ -25,6 +25,9 @@ app.command("serve")(serve.serve_cmd)
 from stabmon.cli import token  # noqa: E402
 
 app.add_typer(token.app, name="token")
+from stabmon.cli import train  # noqa: E402
+
+app.command("train")(train.train_cmd)
 
 
 def main() -> None:

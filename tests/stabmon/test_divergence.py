@@ -1,0 +1,154 @@
+"""The divergence definition on constructed loss histories, and online/offline agreement."""
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stabmon.divergence import DivergenceConfig, DivergenceTracker, find_divergence
+
+INIT = math.log(256)  # an untrained byte model's loss
+
+
+def converging(n: int, floor: float = 2.5, tau: float = 40.0, noise: float = 0.05, seed: int = 0):
+    """Loss decaying from ln 256 towards ``floor`` with Gaussian noise."""
+    rng = random.Random(seed)
+    return [floor + (INIT - floor) * math.exp(-i / tau) + rng.gauss(0, noise) for i in range(n)]
+
+
+def test_clean_convergence_is_not_divergence():
+    d = find_divergence(converging(500))
+    assert not d.diverged and d.step is None and d.detected_at is None
+
+
+def test_slow_noisy_convergence_with_isolated_spikes_is_not_divergence():
+    losses = converging(1000, tau=300.0, noise=0.15, seed=1)
+    rng = random.Random(2)
+    for i in rng.sample(range(20, 1000), 25):  # isolated single-step spikes, some huge
+        losses[i] += rng.choice([1.0, 3.0, 12.0])
+    assert not find_divergence(losses).diverged
+
+
+def test_spike_that_recovers_is_not_divergence():
+    losses = converging(400)
+    for i in range(200, 215):  # a 15-step burst, well above the running minimum, then back
+        losses[i] = 4.0
+    assert not find_divergence(losses).diverged
+    for i in range(300, 303):  # a 3-step spike above the untrained loss
+        losses[i] = 9.0
+    assert not find_divergence(losses).diverged
+
+
+def test_blow_up_diverges_at_its_first_step():
+    losses = converging(400)
+    losses[250:] = [7.5 + 0.1 * math.sin(i) for i in range(150)]
+    d = find_divergence(losses)
+    assert d.diverged and d.step == 250
+    assert d.detected_at is not None and 250 <= d.detected_at < 260
+
+
+def test_blow_up_below_the_initial_loss_that_stays_up_diverges():
+    losses = converging(400)
+    losses[250:] = [4.0] * 150
+    d = find_divergence(losses)
+    assert d.diverged and d.step == 250
+    cfg = DivergenceConfig()
+    assert d.detected_at == 250 + (cfg.window // 2) + cfg.patience - 1
+
+
+def test_nan_diverges_at_the_nan_step():
+    losses = converging(100)
+    losses[57] = float("nan")
+    d = find_divergence(losses)
+    assert (d.diverged, d.step, d.detected_at) == (True, 57, 57)
+    assert "non-finite" in d.reason
+    assert find_divergence([3.0, float("inf")]).step == 1
+
+
+def test_blow_up_then_stall_diverges():
+    """The measured LR 0.1 failure: a spike to 18 at step 3, then a plateau near 3.2 (the byte
+    unigram entropy) while a stable run goes on to ~2.5."""
+    head = [5.55, 5.2, 4.9, 18.0, 14.0, 9.0, 7.5, 6.0, 4.5, 3.8, 3.5, 3.3]
+    rng = random.Random(3)
+    losses = head + [3.2 + rng.gauss(0, 0.05) for _ in range(600)]
+    d = find_divergence(losses)
+    assert d.diverged and d.step == 3
+
+
+def test_stall_after_real_progress_diverges():
+    """A run that learned (loss 2.5) and is knocked back to a plateau 0.7 nats higher."""
+    losses = converging(300) + [3.2 + 0.03 * math.cos(i) for i in range(300)]
+    d = find_divergence(losses)
+    assert d.diverged and d.step == 300
+
+
+def test_excursion_still_open_at_the_end_is_not_yet_divergence():
+    cfg = DivergenceConfig()
+    losses = converging(300) + [4.0] * (cfg.patience // 2)
+    assert not find_divergence(losses, cfg).diverged
+
+
+def test_config_validation_and_margin():
+    with pytest.raises(ValueError):
+        DivergenceConfig(window=0)
+    with pytest.raises(ValueError):
+        DivergenceConfig(abs_margin=-1)
+    cfg = DivergenceConfig(abs_margin=0.3, rel_margin=0.1)
+    assert cfg.margin(2.0) == 0.3 and cfg.margin(10.0) == pytest.approx(1.0)
+
+
+def test_tracker_is_sticky_and_resettable():
+    t = DivergenceTracker()
+    assert t.update(3.0) is None
+    first = t.update(float("nan"))
+    assert first.diverged and t.diverged
+    assert t.update(2.0) is first
+    t.reset()
+    assert not t.diverged and t.update(2.0) is None
+
+
+loss_values = st.one_of(
+    st.floats(min_value=0.0, max_value=20.0),
+    st.sampled_from([float("nan"), float("inf")]),
+)
+histories = st.one_of(
+    st.lists(st.floats(min_value=0.0, max_value=20.0), max_size=120),
+    st.lists(loss_values, max_size=120),
+    # Piecewise-constant histories hit the thresholds exactly and produce long excursions.
+    st.lists(st.tuples(st.floats(min_value=0.5, max_value=12.0), st.integers(1, 40)), max_size=8).map(
+        lambda segs: [v for v, n in segs for _ in range(n)]
+    ),
+)
+configs = st.builds(
+    DivergenceConfig,
+    window=st.integers(1, 9),
+    patience=st.integers(1, 30),
+    blowup_patience=st.integers(1, 6),
+    abs_margin=st.floats(0.0, 2.0),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(losses=histories, cfg=configs)
+def test_online_fires_exactly_where_offline_reports(losses, cfg):
+    offline = find_divergence(losses, cfg)
+    tracker = DivergenceTracker(cfg)
+    fired_at = None
+    for i, loss in enumerate(losses):
+        r = tracker.update(loss)
+        if r is not None and fired_at is None:
+            fired_at = i
+            assert r == offline
+    if not offline.diverged:
+        assert fired_at is None
+        return
+    assert fired_at == offline.detected_at
+    assert 0 <= offline.step <= offline.detected_at
+    # Decidable from the prefix alone, and not decidable one step earlier.
+    assert find_divergence(losses[: fired_at + 1], cfg) == offline
+    assert not find_divergence(losses[:fired_at], cfg).diverged
+    # The step where it starts is a step whose loss is non-finite or above the threshold.
+    start = losses[offline.step]
+    assert not math.isfinite(start) or start > min(v for v in losses if math.isfinite(v))

@@ -65,8 +65,9 @@ def classify_events(
 
     ``seen`` maps alert id -> (severity, status) last notified. A new open alert is
     ``opened``; a known open alert whose severity rose is ``escalated``; an alert that turns
-    up resolved (and was not already resolved) is ``resolved``. Anything else (``last_step``
-    moved, message changed) is not an event.
+    up resolved (and was not already resolved) is ``resolved``, preceded by ``opened`` if it
+    was never seen open (the delivery log drops that one if it was already delivered).
+    Anything else (``last_step`` moved, message changed) is not an event.
     """
     events: list[tuple[Event, Mapping[str, Any]]] = []
     for alert in alerts:
@@ -74,6 +75,10 @@ def classify_events(
         sev, status = str(alert["severity"]), str(alert["status"])
         prev = seen.get(aid)
         if status == "resolved":
+            if prev is None:
+                # Opened and resolved between two looks (within one batch): the receiver still
+                # hears that it opened, so a resolution never refers to an unknown alert.
+                events.append(("opened", alert))
             if prev is None or prev[1] != "resolved":
                 events.append(("resolved", alert))
         elif prev is None or prev[1] == "resolved":

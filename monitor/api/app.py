@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from dashboard import mount as mount_dashboard
+from monitor.alerts.service import install_alerts, stop_alerts
 from monitor.api.errors import BodyLimitMiddleware, install_error_handlers
 from monitor.api.routes import alerts, health, points, runs, series
 from monitor.ingest import DetectorFactory, IngestService, Notifier
@@ -54,6 +55,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # noqa: ANN202
         yield
+        stop_alerts(_app)
         if owns_store:
             store.dispose()
 
@@ -67,7 +69,8 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.metrics = metrics
-    app.state.ingest = IngestService(store, detectors, notifier)
+    webhooks = install_alerts(app, store)  # delivery-log routes + the default notifier (webhooks)
+    app.state.ingest = IngestService(store, detectors, notifier or webhooks)
     for module in (runs, points, series, alerts, health):
         app.include_router(module.router)
     install_error_handlers(app, metrics, settings.retry_after_s)

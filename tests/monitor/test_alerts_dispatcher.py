@@ -80,6 +80,8 @@ def test_events_open_escalate_resolve_and_no_spam_on_updates():
         "resolved"
     ]
     assert classify_events([alert(severity="critical", status="resolved")], seen) == []
+    # Opened and resolved within one batch: the receiver hears both.
+    assert [e for e, _ in classify_events([alert(aid=7, status="resolved")], {})] == ["opened", "resolved"]
 
 
 def test_500_then_200_is_retried_with_backoff_and_logged():

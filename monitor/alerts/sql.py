@@ -1,0 +1,127 @@
+"""The delivery log in SQL: the ``alert_deliveries`` table and :class:`SqlDeliveryLog`.
+
+The table hangs off the collector's metadata (same naming convention, same Alembic history:
+revision ``0002_alert_deliveries``), one row per attempt to deliver one alert event to one
+webhook. Rows go when their alert or run is deleted (``ON DELETE CASCADE``). URLs are stored
+redacted; ``target_id`` (a fingerprint of the full URL) says which rows share a receiver.
+Sender threads write here, never the ingest path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    select,
+)
+
+from monitor.alerts.log import DeliveryAttempt
+from monitor.store import NotFound, Store
+from monitor.store import models as m
+from monitor.store.codec import aware
+from monitor.store.engine import WRITE_OPTION
+
+alert_deliveries = Table(
+    "alert_deliveries",
+    m.metadata,
+    Column("id", m.BigId, primary_key=True, autoincrement=True),
+    Column("alert_id", m.BigId, ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False),
+    Column("run_id", String(64), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("event", String(16), nullable=False),
+    Column("target_id", String(16), nullable=False),
+    Column("url", String(500), nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("duration_ms", Float, nullable=False),
+    Column("created_at", m.TS, nullable=False),
+    Index("ix_alert_deliveries_alert_id", "alert_id", "id"),
+    Index("ix_alert_deliveries_run_id", "run_id", "id"),
+)
+
+
+def _attempt(row) -> DeliveryAttempt:  # noqa: ANN001
+    return DeliveryAttempt(
+        alert_id=row.alert_id,
+        run_id=row.run_id,
+        event=row.event,
+        target_id=row.target_id,
+        url=row.url,
+        format=row.format,
+        attempt=row.attempt,
+        outcome=row.outcome,
+        status_code=row.status_code,
+        error=row.error,
+        duration_ms=row.duration_ms,
+        created_at=aware(row.created_at),
+    )
+
+
+class SqlDeliveryLog:
+    """:class:`~monitor.alerts.log.DeliveryLog` on the collector's database."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.store.engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})  # SQLite: take the write lock up front
+            with conn.begin():
+                yield conn
+
+    def record(self, attempt: DeliveryAttempt) -> None:
+        row = attempt.to_dict()
+        row["url"] = row["url"][:500]
+        with self._write() as conn:
+            conn.execute(alert_deliveries.insert().values(**row))
+
+    def delivered(self, alert_id: int, event: str, target_id: str) -> bool:
+        d = alert_deliveries.c
+        with self.store.engine.connect() as conn:
+            hit = conn.execute(
+                select(d.id)
+                .where(d.alert_id == alert_id, d.event == event, d.target_id == target_id)
+                .where(d.outcome == "delivered")
+                .limit(1)
+            ).first()
+        return hit is not None
+
+    def for_alert(self, alert_id: int) -> list[DeliveryAttempt]:
+        d = alert_deliveries.c
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(alert_deliveries).where(d.alert_id == alert_id).order_by(d.id)).all()
+        return [_attempt(r) for r in rows]
+
+    def list(self, project_id: int, run_id: str, alert_id: int | None = None) -> list[DeliveryAttempt]:
+        """Attempts of one run (optionally one alert), oldest first. NotFound (404) when the run
+        is not in the project or the alert not in the run, exactly like a missing one."""
+        d = alert_deliveries.c
+        with self.store.engine.connect() as conn:
+            owned = conn.execute(
+                select(m.runs.c.id).where(m.runs.c.id == run_id, m.runs.c.project_id == project_id)
+            ).first()
+            if owned is None:
+                raise NotFound(f"run {run_id!r} not found")
+            q = select(alert_deliveries).where(d.run_id == run_id)
+            if alert_id is not None:
+                found = conn.execute(
+                    select(m.alerts.c.id).where(m.alerts.c.id == alert_id, m.alerts.c.run_id == run_id)
+                ).first()
+                if found is None:
+                    raise NotFound(f"alert {alert_id} not found in run {run_id!r}")
+                q = q.where(d.alert_id == alert_id)
+            rows = conn.execute(q.order_by(d.id)).all()
+        return [_attempt(r) for r in rows]

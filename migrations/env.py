@@ -8,10 +8,10 @@ if someone sets it, and otherwise from :class:`monitor.settings.Settings` (``STA
 
 from alembic import context
 
+import monitor.alerts.sql  # noqa: F401  (adds the alert_deliveries table to the metadata)
 from monitor.settings import Settings
 from monitor.store.engine import make_engine
 from monitor.store.models import metadata
-import monitor.alerts.sql  # noqa: E402,F401  (adds the alert_deliveries table to the metadata)
 
 config = context.config
 url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url") or Settings().db

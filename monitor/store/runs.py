@@ -96,8 +96,9 @@ class RunsMixin:
                     updated_at=now,
                 )
                 .on_conflict_do_nothing(index_elements=["id"])
+                .returning(m.runs.c.id)
             )
-            created = res.rowcount == 1
+            created = res.first() is not None
             row = conn.execute(self._run_select().where(m.runs.c.id == run_id)).one()
             if row.project_id != project_id:
                 raise Conflict(f"run id {run_id!r} is already in use; choose another id")

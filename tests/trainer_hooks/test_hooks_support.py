@@ -136,9 +136,11 @@ def llama(seed: int = 0):
 
 def loss_of(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     """The training loss of any of the test models on token ids ``idx`` (B, T)."""
-    if isinstance(model, GPT):
+    base = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    base = getattr(base, "module", base)  # DDP's wrapper
+    if isinstance(base, GPT):
         return model(idx, idx)[1]
-    if isinstance(model, NanoGPT):
+    if isinstance(base, NanoGPT):
         return model(idx)
     return model(input_ids=idx, labels=idx).loss
 

@@ -37,6 +37,7 @@ class StepAccumulator:
         self._vals: list[torch.Tensor] = []
         self._idx: list[int] = []
         self.device: torch.device | None = None
+        """Where the step's statistics are combined: the device of the first hook's output."""
         # (tuple of ids) -> (index tensor, counts tensor): the layout repeats every step.
         self._layout_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._is_max: torch.Tensor | None = None
@@ -51,12 +52,8 @@ class StepAccumulator:
         return self._ids[key]
 
     def add(self, ids: tuple[int, ...], vals: torch.Tensor) -> None:
-        """Record ``vals`` (len(ids),) for series ``ids``. Called from hooks: no host sync."""
-        if self.device is None:
-            self.device = vals.device
-        elif vals.device != self.device:
-            # Model split over devices: gather on the first one (device-to-device, async).
-            vals = vals.to(self.device, non_blocking=True)
+        """Record ``vals`` (len(ids),) for series ``ids``. Called from hooks: no host sync, and
+        no state read that torch.compile would have to guard on (the list appends are replayed)."""
         self._vals.append(vals)
         self._idx.extend(ids)
 
@@ -77,7 +74,12 @@ class StepAccumulator:
         if not self._vals:
             return None
         layout = tuple(self._idx)
-        vals = torch.cat(self._vals)
+        if self.device is None:
+            self.device = self._vals[0].device
+        # A model split over devices: gather on the first one (device-to-device, async).
+        vals = torch.cat(
+            [v if v.device == self.device else v.to(self.device, non_blocking=True) for v in self._vals]
+        )
         self.clear()
         cached = self._layout_cache.get(layout)
         if cached is None:

@@ -290,14 +290,14 @@ class Monitor:
         self, dev_keys: list[str], dev_vals: list[torch.Tensor], host: dict[str, float]
     ) -> None:
         n = len(self._acc.keys)
+        res = self._acc.finish()  # first: it fixes the accumulator's device on the first step
         device = self._acc.device or (dev_vals[0].device if dev_vals else torch.device("cpu"))
-        res = self._acc.finish()
         if res is None:
             maxes = torch.full((n,), -math.inf, device=device)
             sums, counts = torch.zeros(n, device=device), torch.zeros(n, device=device)
         else:
             maxes, sums, counts = res
-        dev_vals = [v.to(device, non_blocking=True) for v in dev_vals]
+        dev_vals = [v if v.device == device else v.to(device, non_blocking=True) for v in dev_vals]
         if self.reduce and self.world > 1:
             # Every run-level value travels in the one collective, host numbers included.
             keys = sorted([*dev_keys, *host])

@@ -192,13 +192,17 @@ class Client:
             max_body_bytes=cfg.max_body_bytes,
         )
         tag = re.sub(r"[^A-Za-z0-9_-]", "_", cfg.spool_tag or os.environ.get("RANK", "0"))
-        self._spool = Spool(
-            spool_dir if spool_dir is not None else _default_spool_dir(),
-            f"{self.run_id}.{tag}",
-            max_bytes=cfg.spool_max_bytes,
-            keep_every=cfg.spool_keep_every,
-            fsync=cfg.spool_fsync,
-        )
+        try:
+            self._spool = Spool(
+                spool_dir if spool_dir is not None else _default_spool_dir(),
+                f"{self.run_id}.{tag}",
+                max_bytes=cfg.spool_max_bytes,
+                keep_every=cfg.spool_keep_every,
+                fsync=cfg.spool_fsync,
+            )
+        except BaseException:
+            self._transport.close()
+            raise
         self._alerts = AlertTracker(on_alert)
         self._queue: collections.deque = collections.deque(maxlen=cfg.max_queue_records)
         self._closed = False
@@ -343,6 +347,8 @@ class Client:
     # -- internals -------------------------------------------------------------------------
     def _mark(self) -> _Marker:
         m = _Marker()
+        if len(self._queue) == self._queue.maxlen:
+            self._dropped += 1
         self._queue.append(m)
         self._wake_batcher.set()
         return m

@@ -1,0 +1,182 @@
+"""The dashboard in a real headless Chromium against a real collector with ingested data:
+the runs list, a diverging run's page (loss with alert markers and the divergence step, one
+norm heatmap per site, logits per layer against the detector's thresholds, entropy, grad
+norm, LR, the alert table), a live run gaining points without a reload, the compare page
+and the LR sweep. Plots are checked through the ``.data``/``.layout`` of Plotly's graph divs;
+screenshots land in ``test-artifacts/dashboard/``. No page may log a JavaScript error.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.dashboard.conftest import SWEEP_LRS, VARIANTS, create_run, ingest
+from tests.dashboard.synthetic import RunShape
+
+pytestmark = pytest.mark.browser
+
+
+def wait_js(page, expr: str, timeout: float = 20.0):  # noqa: ANN001, ANN201
+    """Poll ``expr`` until truthy. (Playwright's wait_for_function evaluates strings with
+    eval, which the pages' Content-Security-Policy forbids, as it should.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = page.evaluate(expr)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expr}")
+        time.sleep(0.1)
+
+
+@pytest.fixture()
+def page(browser, seeded):  # noqa: ANN001, ANN201
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    pg.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    # Sign in the way a URL printed by `stabmon demo` does.
+    pg.goto(f"{seeded.collector.url}/runs?token={seeded.collector.token}")
+    assert pg.url == f"{seeded.collector.url}/runs"
+    yield pg
+    ctx.close()
+    assert not errors, errors
+
+
+def open_page(page, url: str) -> None:  # noqa: ANN001
+    page.goto(url)
+    wait_js(page, "window.__stabmonRendered !== undefined || window.__stabmonError !== undefined")
+    assert page.evaluate("window.__stabmonError") is None
+
+
+def test_runs_list(page, seeded, artifacts) -> None:  # noqa: ANN001
+    open_page(page, seeded.collector.url + "/runs")
+    rows = page.locator("#runs-table tbody tr")
+    assert rows.count() >= 2 + len(VARIANTS) * len(SWEEP_LRS)
+    div = page.locator(f'#runs-table tr[data-run="{seeded.diverging}"]')
+    assert "running" in div.inner_text()
+    assert "critical" in div.locator(".badge.critical").inner_text()
+    assert "NaN" in div.inner_text()  # the latest loss of the diverged run
+    healthy = page.locator(f'#runs-table tr[data-run="{seeded.healthy}"]')
+    assert "qk_norm" in healthy.inner_text() and "finished" in healthy.inner_text()
+    # Sort by learning rate: ascending first, a second click descending.
+    page.click('th[data-col="lr"]')
+    assert "\t0.001\t" in page.locator("#runs-table tbody tr").first.inner_text()
+    assert "sort=lr&asc=1" in page.url
+    page.click('th[data-col="lr"]')
+    assert "\t0.01\t" in page.locator("#runs-table tbody tr").first.inner_text()
+    # Filter by variant and status.
+    page.select_option("#f-variant", "qk_fc_norm")
+    assert page.locator("#runs-table tbody tr").count() == len(SWEEP_LRS)
+    page.select_option("#f-status", "diverged")
+    assert "No run matches" in page.inner_text("#runs")
+    page.select_option("#f-variant", "")
+    assert page.locator("#runs-table tbody tr").count() == 1
+    assert "status=diverged" in page.url
+    page.select_option("#f-status", "")
+    page.screenshot(path=str(artifacts / "runs.png"), full_page=True)
+
+
+def test_run_page_of_a_diverging_run(page, seeded, artifacts) -> None:  # noqa: ANN001
+    open_page(page, f"{seeded.collector.url}/runs/{seeded.diverging}")
+    layers = seeded.diverging_shape.layers
+    loss = page.evaluate(
+        "(() => { const el = document.getElementById('plot-loss');"
+        " return {names: el.data.map((t) => t.name), n: el.data[0].x.length,"
+        " ann: (el.layout.annotations || []).map((a) => a.text)}; })()"
+    )
+    assert loss["names"][0] == "loss" and loss["n"] >= 250
+    assert "non-finite loss" in loss["names"]
+    assert "critical alerts" in loss["names"]
+    assert "diverged at step 250" in loss["ann"]
+
+    heat = page.evaluate(
+        "[...document.querySelectorAll('#heatmaps [data-site]')].map((el) => ({site: el.dataset.site,"
+        " type: el.data[0].type, y: el.data[0].y, cols: el.data[0].z[0].length,"
+        " zmax: Math.max(...el.data[0].z.flat().filter((v) => v !== null))}))"
+    )
+    assert [h["site"] for h in heat] == ["qkv", "proj", "fc1", "fc2"]
+    for h in heat:
+        assert h["type"] == "heatmap" and h["y"] == list(range(layers)) and h["cols"] >= 250
+    # log10 of the diverging norms: far above the healthy ~1-2.
+    assert heat[0]["zmax"] > 4
+
+    logits = page.evaluate(
+        "(() => { const el = document.getElementById('plot-logits');"
+        " return {names: el.data.map((t) => t.name), type: el.layout.yaxis.type,"
+        " lines: el.layout.shapes.map((s) => s.y0),"
+        " peak: Math.max(...el.data.flatMap((t) => t.y.filter((v) => v !== null)))}; })()"
+    )
+    assert logits["names"] == [f"layer {i}" for i in range(layers)]
+    assert logits["type"] == "log"
+    assert {300, 3000, 10000} <= set(logits["lines"])
+    assert logits["peak"] > 1e4
+    for plot in ("plot-entropy", "plot-grad", "plot-lr"):
+        assert page.evaluate(f"document.getElementById('{plot}').data.length") >= 1, plot
+
+    alerts = page.inner_text("#alerts-table")
+    for rule in ("logit_max", "norm_growth", "non_finite"):
+        assert rule in alerts
+    page.click("#alerts-table details summary >> nth=0")
+    assert "severity" in page.inner_text("#alerts-table details[open] pre")
+    page.screenshot(path=str(artifacts / "run-diverging.png"), full_page=True)
+
+
+def test_live_points_appear_without_reload(page, seeded, artifacts) -> None:  # noqa: ANN001
+    shape = RunShape(steps=400, layers=3, diverge_at=None, seed=7)
+    with seeded.collector.client() as c:
+        rid = create_run(c, "live-qkv_norm", {"variant": "qkv_norm", "lr": 3e-3, "preset": "tiny"})
+        ingest(c, rid, shape, 0, 120)
+        open_page(page, f"{seeded.collector.url}/runs/{rid}")
+        last_x = (
+            "(() => { const x = document.getElementById('plot-loss').data[0].x; return x[x.length - 1]; })()"
+        )
+        assert page.evaluate(last_x) == 119
+        assert "live" in page.inner_text("#live")
+        page.evaluate("window.__marker = 'same page'")
+        ingest(c, rid, shape, 120, 180)
+        wait_js(page, f"{last_x} === 179", timeout=30)
+    # The same document (no reload), every plot extended.
+    assert page.evaluate("window.__marker") == "same page"
+    heat_last = page.evaluate(
+        "(() => { const x = document.getElementById('heat-fc2').data[0].x; return x[x.length-1]; })()"
+    )
+    assert heat_last >= 170
+    assert "step 179" in page.inner_text("#live")
+    page.screenshot(path=str(artifacts / "run-live.png"), full_page=True)
+
+
+def test_compare_five_variants_at_one_lr(page, seeded, artifacts) -> None:  # noqa: ANN001
+    ids = [seeded.sweep[(v, 1e-2)] for v in VARIANTS]
+    open_page(page, f"{seeded.collector.url}/compare?runs={','.join(ids)}")
+    names = page.evaluate("document.getElementById('plot-loss').data.map((t) => t.name)")
+    assert len(names) == len(VARIANTS)
+    assert all(any(v in n for n in names) for v in VARIANTS)
+    for plot in ("plot-logit", "plot-norm", "plot-grad"):
+        assert page.evaluate(f"document.getElementById('{plot}').data.length") == len(VARIANTS), plot
+    page.select_option("#site", "qkv")
+    wait_js(page, "document.getElementById('plot-norm').layout.title.text.includes('QKV')")
+    assert page.locator("#runs-table tbody tr").count() == len(VARIANTS)
+    page.screenshot(path=str(artifacts / "compare.png"), full_page=True)
+
+
+def test_lr_sweep(page, seeded, artifacts) -> None:  # noqa: ANN001
+    open_page(page, f"{seeded.collector.url}/sweep?preset=sweep")
+    traces = page.evaluate(
+        "document.getElementById('plot-sweep').data.map((t) => ({name: t.name, x: t.x, y: t.y,"
+        " symbol: t.marker && t.marker.symbol}))"
+    )
+    lines = {t["name"]: t for t in traces if t["symbol"] is None}
+    assert set(lines) == set(VARIANTS)
+    assert lines["qk_norm"]["x"] == list(SWEEP_LRS)
+    # The baseline diverged at the highest LR: no line point there, a cross instead.
+    assert lines["baseline"]["x"] == list(SWEEP_LRS[:-1])
+    crosses = [t for t in traces if t["symbol"] == "x-thin"]
+    assert len(crosses) == 1 and crosses[0]["name"] == "baseline diverged" and crosses[0]["x"] == [1e-2]
+    assert page.evaluate("document.getElementById('plot-sweep').layout.xaxis.type") == "log"
+    page.select_option("#metric", "min_loss")
+    wait_js(page, "document.getElementById('plot-sweep').layout.yaxis.title.text === 'min loss'")
+    page.screenshot(path=str(artifacts / "sweep.png"), full_page=True)

@@ -235,3 +235,19 @@ def test_flush_hands_records_over_and_flushes_the_sink():
     mon.flush()
     assert sink.flushes == 1 and sink.records[0]["values"]["loss"] == math.inf
     assert not sink.closed  # the sink belongs to the caller
+
+
+def test_explicit_attention_path_only_on_recorded_steps():
+    model, sink = stabmon_gpt(), ListSink()
+    model.blocks[1].attn.record_attention = True  # the user's choice: always explicit
+    mon = attach(model, sink=sink, every=3)
+    seen = []
+    for i in range(4):
+        seen.append([b.attn.record_attention for b in model.blocks])
+        loss_of(model, _idx(i))
+        mon.step()
+    assert seen == [[True, True], [False, True], [False, True], [True, True]]
+    assert [r["step"] for r in sink.records] == [0, 3]
+    assert all("layer.0.attn.entropy_mean" in r["values"] for r in sink.records)
+    mon.remove()
+    assert [b.attn.record_attention for b in model.blocks] == [False, True]

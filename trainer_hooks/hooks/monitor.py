@@ -113,10 +113,15 @@ class Monitor:
         for sp in plan.sites:
             hook = self._make_hook(sp)
             self._handles.append(modules[sp.name].register_forward_hook(hook))
+        # Attention modules whose explicit (probe-calling) path is switched on only for the
+        # steps that are recorded: with every=N the other steps keep the fused SDPA kernel.
+        self._toggled: list[nn.Module] = []
         for name in plan.record_attention:
             attn = modules[name]
             self._restore.append((attn, attn.record_attention))
-            attn.record_attention = True
+            if not attn.record_attention:  # a user's own True is left alone
+                self._toggled.append(attn)
+        self._set_record_attention()
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_hook))
 
@@ -198,6 +203,10 @@ class Monitor:
 
         return hook
 
+    def _set_record_attention(self) -> None:
+        for attn in self._toggled:
+            attn.record_attention = self._recording
+
     def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         # The gradients the optimizer is about to apply. Only trusted when this step's forward
         # was already recorded: in a loop that calls mon.step() before optimizer.step(), this
@@ -262,6 +271,8 @@ class Monitor:
         self._hook_grad_norm = None
         self._step += 1
         self._recording = self._step % self.every == 0
+        if self.every > 1:
+            self._set_record_attention()
         self._emit_ready()  # on CPU the record is complete now; on CUDA usually at a later step
 
     def _close_step(self, scalars: dict[str, Any]) -> None:
@@ -358,6 +369,7 @@ class Monitor:
         for module, old in self._restore:
             module.record_attention = old
         self._restore.clear()
+        self._toggled.clear()
         self._emit_ready(drain=True)
         self._removed = True
 

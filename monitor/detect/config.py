@@ -55,8 +55,13 @@ class NormGrowthConfig(RuleConfig):
     growth_warning: float | None = Field(default=10.0, gt=1.0)
     """Warning when a norm grew this many times within ``window_steps``."""
     growth_critical: float | None = Field(default=100.0, gt=1.0)
-    burn_in: int = Field(default=2, ge=0)
-    """Observations skipped before the early baseline is taken (init transients)."""
+    burn_in_steps: int = Field(default=100, ge=0)
+    """Steps, counted from a series' first observation, before it is judged or used as a
+    reference. The first steps of a healthy run move output norms away from their
+    initialisation scale by orders of magnitude (output projections start small: FC2 norms
+    went 0.14 -> 5e3 within 40 steps in a run that trained best); only growth after that
+    transient predicts divergence. Early blow-ups are caught by the logit, entropy, loss and
+    non-finite rules."""
     baseline_points: int = Field(default=5, ge=1, le=64)
     """The early baseline is the median of this many observations after the burn-in."""
     baseline_warning: float | None = Field(default=100.0, gt=1.0)
@@ -175,6 +180,9 @@ class DetectorConfig(BaseModel):
     """How many of the worst series a Finding's message names."""
     evidence_series: int = Field(default=10, ge=1, le=500)
     """How many of the worst series a Finding's evidence lists."""
+    max_series_per_rule: int = Field(default=4096, ge=1)
+    """A rule tracks at most this many series per run (new keys beyond it are ignored), so a
+    client inventing keys cannot grow the state without bound."""
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any] | None = None) -> DetectorConfig:

@@ -11,6 +11,7 @@ Contract details:
 - steps must arrive in increasing order; a step <= the last one seen is ignored (returns ``[]``),
   which makes re-delivered batches harmless;
 - steps may be sparse and may omit keys; a series keeps its level until it is observed again;
+- each rule tracks at most ``max_series_per_rule`` series per run (keys beyond it are ignored);
 - values may be NaN/inf (only ``non_finite`` looks at those; the other rules skip them), ints,
   or the wire's strings "nan"/"inf"/"-inf"; anything not convertible to float is ignored.
 """
@@ -88,6 +89,7 @@ class Detector:
             return []
         state.last_step = step
         rules_state = state.rules
+        cap = self.config.max_series_per_rule
         nf = self._non_finite
         nf_series = rules_state.setdefault(nf.name, {}) if nf is not None else None
         for key, raw in values.items():
@@ -100,9 +102,10 @@ class Detector:
             if nf is not None:
                 s = nf_series.get(key)
                 if not finite:
-                    if s is None:
+                    if s is None and len(nf_series) < cap:
                         s = nf_series[key] = nf.new_series(key, None)
-                    nf.update(s, step, v)
+                    if s is not None:
+                        nf.update(s, step, v)
                 elif s is not None:
                     del nf_series[key]  # recovered: only non-finite series are kept
             if not finite:
@@ -111,6 +114,8 @@ class Detector:
                 series = rules_state.setdefault(rule.name, {})
                 s = series.get(key)
                 if s is None:
+                    if len(series) >= cap:
+                        continue
                     s = series[key] = rule.new_series(key, layer)
                 rule.update(s, step, v)
         c = self.config

@@ -38,7 +38,7 @@ runs = st.lists(st.tuples(st.integers(1, 60), step_values), min_size=1, max_size
 # Small windows so short examples reach every code path (baselines, full windows, hysteresis).
 SMALL = DetectorConfig.from_overrides(
     {
-        "norm_growth": {"window_steps": 8, "window_points": 4, "window_min_points": 2, "burn_in": 1},
+        "norm_growth": {"window_steps": 8, "window_points": 4, "window_min_points": 2, "burn_in_steps": 3},
         "norm_growth.baseline_points": 2,
         "entropy_collapse": {"burn_in": 0, "baseline_points": 2},
         "loss_spike": {"window": 6, "min_points": 3},
@@ -93,13 +93,13 @@ def test_snapshot_mid_run_continues_identically(cut):
     check_snapshot_equivalence(det, points, cut)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(points=runs, cut=st.integers(0, 60))
 def test_snapshot_roundtrip_property(points, cut):
     check_snapshot_equivalence(Detector(SMALL), points, min(cut, len(points)))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(points=runs)
 def test_arbitrary_values_never_raise_and_findings_are_well_formed(points):
     for det in (Detector(), Detector(SMALL)):

@@ -8,8 +8,11 @@ last ``sustain`` observations, so a single outlier batch cannot fire — against
 - the smallest value within the last ``window_steps`` steps (a rate: "grew 40x in 25 steps";
   kept as per-bucket minima, so the window is bounded whatever the monitoring cadence),
   which ignores the slow, legitimate growth of norms over a long run;
-- the run's own early baseline, the median of ``baseline_points`` observations after a short
-  ``burn_in`` (catches growth too slow for the window).
+- the run's own early baseline, the median of ``baseline_points`` observations after the
+  ``burn_in_steps`` (catches growth too slow for the window).
+
+Nothing is judged during the first ``burn_in_steps`` steps of a series: healthy runs move their
+norms by orders of magnitude away from the initialisation scale there (see the config).
 
 When a series starts firing its reference is frozen, so a run that blew up and plateaued at huge
 norms keeps firing until its norms come back down (below ``clear_fraction`` of the threshold
@@ -68,7 +71,7 @@ class NormGrowthRule(Rule):
             "lvl": QUIET,
             "sw": 0,
             "sc": 0,
-            "n": 0,
+            "f": None,  # first observed step
             "bl": [],
             "b": None,
             "bs": None,  # early baseline: buffer, log value, step
@@ -88,6 +91,15 @@ class NormGrowthRule(Rule):
         cfg: NormGrowthConfig = self.cfg
         lv = math.log(max(value, _TINY))
         win, rec = s["win"], s["rec"]
+        if s["f"] is None:
+            s["f"] = step
+        if step - s["f"] < cfg.burn_in_steps:
+            # Initialisation transient: remembered for `sustain` only, judged never.
+            rec.append(lv)
+            while len(rec) >= cfg.sustain:
+                rec.pop(0)
+            s["v"], s["t"] = value, step
+            return
         cur = min(rec + [lv])  # sustained value: every one of the last `sustain` observations is this high
 
         if s["ref"] is not None:
@@ -127,8 +139,7 @@ class NormGrowthRule(Rule):
             len(win) > cfg.window_min_points and win[0][0] < step - cfg.window_steps
         ):
             win.pop(0)
-        s["n"] += 1
-        if s["b"] is None and s["n"] > cfg.burn_in:
+        if s["b"] is None:
             s["bl"].append(lv)
             if len(s["bl"]) >= cfg.baseline_points:
                 s["b"], s["bs"], s["bl"] = median(s["bl"]), step, []

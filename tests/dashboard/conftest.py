@@ -75,9 +75,10 @@ def _cli(*args: str, env: dict[str, str]) -> str:
     return out.stdout
 
 
-def start_collector(tmp: Path, project: str = "stability") -> Collector:
-    """A collector process on a free port with an SQLite database in ``tmp``."""
-    db = f"sqlite:///{tmp / 'stabmon.db'}"
+def start_collector(tmp: Path, project: str = "stability", db: str | None = None) -> Collector:
+    """A collector process on a free port with an SQLite database in ``tmp`` (or ``db``),
+    and a fresh token for ``project``."""
+    db = db or f"sqlite:///{tmp / 'stabmon.db'}"
     env = {**os.environ, "STABMON_DB": db, "PYTHONUNBUFFERED": "1"}
     token = _cli("token", "create", "--project", project, "--db", db, env=env).strip().splitlines()[-1]
     port = free_port()

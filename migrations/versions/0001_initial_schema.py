@@ -116,7 +116,8 @@ def upgrade() -> None:
     sa.Column('step', sa.BigInteger(), nullable=False),
     sa.Column('value', sa.Float(precision=53), nullable=True),
     sa.ForeignKeyConstraint(['series_id'], ['series.id'], name=op.f('fk_points_series_id_series'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('series_id', 'rank', 'step', name='pk_points')
+    sa.PrimaryKeyConstraint('series_id', 'rank', 'step', name='pk_points'),
+    sqlite_with_rowid=False,
     )
 
 

@@ -180,3 +180,17 @@ def test_non_finite_outputs_are_recorded_not_dropped():
     assert math.isnan(v["loss"])
     assert math.isfinite(v["layer.0.qkv.l2_max"])
     assert not math.isfinite(v["layer.1.fc1.l2_max"])
+
+
+def test_probe_statistics_edge_cases():
+    from trainer_hooks.hooks.stats import entropy_mean, probe_logit_max
+
+    z = torch.tensor([[[[0.5, -math.inf, -math.inf], [-3.0, 2.0, -math.inf], [1.0, -0.5, 0.25]]]])
+    assert probe_logit_max(z).item() == 3.0  # a large negative logit counts; masked -inf does not
+    assert math.isnan(probe_logit_max(torch.where(z == 2.0, math.nan, z)).item())
+    assert probe_logit_max(torch.where(z == 2.0, math.inf, z)).item() == math.inf
+    p = torch.softmax(z, dim=-1)
+    expected = torch.special.entr(p.double()).sum(-1).mean().item()
+    assert entropy_mean(p).item() == pytest.approx(expected, rel=1e-6)
+    assert entropy_mean(torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]])).item() == pytest.approx(math.log(2) / 2)
+    assert math.isnan(entropy_mean(torch.where(p == p.max(), math.nan, p)).item())

@@ -14,6 +14,8 @@ import math
 
 import torch
 
+_TINY = 1e-30
+
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.detach().to(torch.float32)
@@ -61,20 +63,27 @@ def probe_logit_max(z: torch.Tensor) -> torch.Tensor:
 
     The probe carries the logits already scaled by 1/sqrt(hs) and before any cap, with masked
     (future) entries set to -inf; those are excluded. A genuine NaN or +inf still propagates.
+    ``max(amax(z), -amin(z'))`` with ``z'`` = z whose -inf entries read 0: two vectorised
+    reductions and one pass, several times cheaper than ``where(z == -inf, 0, |z|).amax()``.
     Returns a 0-d tensor.
     """
     z = _f32(z)
-    return torch.where(z == -math.inf, 0.0, z.abs()).amax()
+    lowest = torch.nan_to_num(z, nan=math.nan, posinf=math.inf, neginf=0.0).amin()
+    return torch.maximum(z.amax(), -lowest)
 
 
 @torch.no_grad()
 def entropy_mean(p: torch.Tensor) -> torch.Tensor:
     """Mean attention entropy ``-sum_j p log p`` over batch, heads and query positions.
 
-    ``p`` is the softmax output (B, nh, T, T); ``torch.special.entr`` gives ``0`` for ``p = 0``
-    (masked entries) instead of ``0 * log 0 = nan``. Returns a 0-d tensor.
+    ``p`` is the softmax output (B, nh, T, T). Masked entries are exact zeros; ``log`` reads
+    them as ``_TINY`` (a normal float32), so they contribute ``0 * log(1e-30) = 0`` instead of
+    ``0 * log 0 = nan``, and any ``p < 1e-30`` is off by less than 1e-28: exact at float32
+    precision. (``log(0)`` and ``torch.special.entr`` take slow scalar paths on CPU, ~4x
+    slower.) A NaN in ``p`` propagates. Returns a 0-d tensor.
     """
-    return torch.special.entr(_f32(p)).sum(dim=-1).mean()
+    p = _f32(p)
+    return -(p * p.clamp_min(_TINY).log_()).sum(dim=-1).mean()
 
 
 @torch.no_grad()

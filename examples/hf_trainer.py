@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from trainer_hooks.data import ByteCorpus
-from trainer_hooks.integrations.hf import StabmonCallback
+from trainer_hooks.integrations.hf import StabmonCallback  # stabmon
 
 
 class ByteSequences(torch.utils.data.Dataset):
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        callbacks=[StabmonCallback(url=args.url, token=args.token, on_alert=args.on_alert)],
+        callbacks=[StabmonCallback(url=args.url, token=args.token, on_alert=args.on_alert)],  # stabmon
     )
     trainer.train()
 

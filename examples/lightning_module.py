@@ -21,7 +21,7 @@ import torch
 
 from trainer_hooks.config import preset
 from trainer_hooks.data import ByteCorpus
-from trainer_hooks.integrations.lightning import StabmonCallback
+from trainer_hooks.integrations.lightning import StabmonCallback  # stabmon
 from trainer_hooks.model import GPT
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[StabmonCallback(url=args.url, token=args.token, on_alert=args.on_alert)],
+        callbacks=[StabmonCallback(url=args.url, token=args.token, on_alert=args.on_alert)],  # stabmon
     )
     trainer.fit(module, loader)
 

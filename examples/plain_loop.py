@@ -1,7 +1,9 @@
 """A nanoGPT-style training loop in plain PyTorch, monitored by stabmon with two added lines.
 
 The loop is the usual one (batch, forward, backward, clip, step); stabmon adds
-``mon = attach(...)`` before it and ``mon.step(...)`` at the end of each step. Statistics stream
+``mon = attach(...)`` before it and ``mon.step(...)`` at the end of each step (the lines marked
+``# stabmon``, with the sink that says where records go). ``--tensorboard DIR`` mirrors every
+series into TensorBoard as well. Statistics stream
 to a collector started with ``stabmon serve`` (the URL and token come from ``--url``/``--token``
 or ``$STABMON_URL``/``$STABMON_TOKEN``); without a URL they are computed and dropped. The model
 is stabmon's byte-level GPT at a size preset, trained on the built-in corpus (the Python
@@ -21,10 +23,11 @@ from collections.abc import Callable
 
 import torch
 
-from trainer_hooks.client import Client, NullSink, RunInfo
+from trainer_hooks.client import Client, FanoutSink, NullSink, RunInfo  # stabmon
 from trainer_hooks.config import preset
 from trainer_hooks.data import ByteCorpus
-from trainer_hooks.hooks import attach
+from trainer_hooks.hooks import attach  # stabmon
+from trainer_hooks.integrations.tensorboard import TensorBoardSink
 from trainer_hooks.model import GPT
 
 
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default="default", help="'default' (stdlib sources), 'random' or a file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="run name (default: plain-<variant>-lr<lr>)")
+    p.add_argument("--tensorboard", default=None, metavar="LOGDIR", help="also write TensorBoard events here")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -64,12 +68,15 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     get_batch = batches(args.data, config.block_size, args.batch_size, args.seed)
     name = args.name or f"plain-{args.variant}-lr{args.lr:g}"
-    run = RunInfo(name=name, config={"variant": args.variant, "lr": args.lr, "preset": args.preset})
-    sink = Client(args.url, token=args.token, run=run) if args.url else NullSink()
+    config_dict = {"variant": args.variant, "lr": args.lr, "preset": args.preset}
+    run = RunInfo(name=name, config=config_dict)  # stabmon
+    sink = Client(args.url, token=args.token, run=run) if args.url else NullSink()  # stabmon
+    if args.tensorboard:
+        sink = FanoutSink(sink, TensorBoardSink(args.tensorboard))  # also mirror to TensorBoard
 
-    mon = attach(model, sink=sink)
     model.train()
     t0 = time.perf_counter()
+    mon = attach(model, sink=sink)  # stabmon
     for step in range(args.steps):
         x, y = get_batch()
         _, loss = model(x, y)
@@ -77,11 +84,11 @@ def main(argv: list[str] | None = None) -> None:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        mon.step(loss=loss, lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm)
+        mon.step(loss=loss, lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm)  # stabmon
         if step % 20 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {loss.item():.4f}")
-    mon.remove()
-    sink.close()
+    mon.remove()  # stabmon: detach the hooks, hand over the last record
+    sink.close()  # stabmon: deliver what is queued, mark the run finished
     dt = time.perf_counter() - t0
     print(f"{args.steps} steps in {dt:.1f} s; run {name!r} -> {args.url or 'nowhere (no --url)'}")
 

@@ -108,7 +108,9 @@ def _run_ids(api: httpx.Client) -> set[str]:
 )
 def test_example_streams_every_step_to_the_collector(api, tmp_path, example, argv, steps, config_key):
     before = _run_ids(api)
-    if example != "plain_loop":
+    if example == "plain_loop":
+        argv = [*argv, "--tensorboard", str(tmp_path / "tb")]
+    else:
         argv = [*argv, "--output-dir", str(tmp_path / "out")]
     _load(example).main(argv)
 
@@ -123,6 +125,13 @@ def test_example_streams_every_step_to_the_collector(api, tmp_path, example, arg
     ]
     assert series["loss"]["step"] == steps and series["layer.1.fc1.l2_mean"]["step"] == steps
     assert all(4.0 < v < 7.0 for v in series["loss"]["last"])  # ln(256) = 5.5 at init
+    if example == "plain_loop":  # the TensorBoard mirror got the same series
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        board = EventAccumulator(str(tmp_path / "tb"))
+        board.Reload()
+        assert [e.step for e in board.Scalars("loss")] == steps
+        assert [e.value for e in board.Scalars("loss")] == pytest.approx(series["loss"]["last"], rel=1e-6)
 
 
 class _PoisonAt:

@@ -4,31 +4,35 @@ stabmon's experiments, its detector benchmark and the trainer's ``stop_on_diverg
 this one definition as ground truth, offline (`find_divergence` over a recorded loss history)
 and online (`DivergenceTracker`, fed one loss per step). Both run the same core, so the online
 tracker reports exactly the step the offline function would, at the first step where that is
-decidable. A run has diverged at step ``i`` (an index into the loss history) when either:
+decidable. A run has diverged at step ``i`` (an index into the loss history) when any of:
 
 1. **non-finite**: the loss at ``i`` is NaN or infinite. Nothing recovers from NaN weights.
-2. **sustained excursion**: a robust smoothing of the loss, the median of the last ``window``
-   finite losses, rises above the running minimum of that smoothed loss by more than
-   ``max(abs_margin, rel_margin * running_min)`` and stays above it for ``patience``
-   consecutive steps. ``i`` is the first step of that excursion: the earliest raw loss above the
-   threshold within the median window where the smoothed loss first crossed it. The median
-   ignores isolated spikes outright, and the patience lets a short burst that recovers pass,
-   so only a loss that blows up *and stays up* counts; a run that blows up and then stalls far
-   above its best loss is diverged, whether or not it ever produces a NaN.
-3. **blow-up from a good state to a plateau**: the smoothed loss rises above
-   ``initial + blowup_margin`` (worse than the untrained model, whose loss is the first one)
-   at some step ``i`` (its excursion starts there, as in 2) and the run never again gets below
-   ``running_min + margin`` for ``patience`` steps... is covered by 2; a blow-up that happens
-   before the run has learned anything is covered by 3 proper: a smoothed loss above
-   ``initial + blowup_margin`` for ``blowup_patience`` steps means the weights were wrecked
-   (the loss is worse than predicting bytes uniformly at random from the initialisation),
-   and the run is diverged at the start of that excursion even if it later settles lower.
+2. **blow-up**: the smoothed loss, the median of the last ``window`` finite losses, is above
+   ``initial + blowup_margin`` for ``blowup_patience`` consecutive steps, where ``initial`` is the
+   first loss (the untrained model's, ~ln 256 for bytes). A model that is worse than its own
+   random initialisation by a nat for several steps in a row has had its weights thrown out of
+   the basin it was in; such runs end on a plateau far above the stable loss (the byte-unigram
+   plateau near 3.2 nats at this scale) even when they later produce finite, lower losses.
+3. **sustained excursion**: the smoothed loss rises above the running minimum of the smoothed
+   loss by more than ``max(abs_margin, rel_margin * running_min)`` and stays above it for
+   ``patience`` consecutive steps: the run got worse than it had been and did not come back.
+4. **plateau stall** (only when ``plateau_loss`` is given): the smoothed loss stays within
+   ``plateau_margin`` of ``plateau_loss`` for ``plateau_patience`` consecutive steps; ``i`` is the
+   first of them. ``plateau_loss`` is the loss of the best context-free predictor of the data,
+   the entropy of its byte-unigram distribution (`trainer_hooks.data.ByteCorpus.unigram_entropy`,
+   3.25 nats for the built-in corpus; the trainer fills it in). This is the measured high-LR
+   failure at small scale: a baseline run at LR 0.1-0.3 blows up or oscillates in its first
+   steps, then sits on the unigram plateau (~3.2-3.4 nats) for hundreds of steps, having
+   learned nothing about context, while stable runs pass that level within ~40 steps and go
+   on to ~2.5. Its loss neither goes non-finite nor rises above its own minimum, so rules 1-3
+   cannot see it; the plateau gives the definition the reference it needs.
 
-The last rule catches the high-learning-rate failure seen at small scale: a baseline run at
-LR 0.1 spiked to 18 nats at step 3, then stalled near 3.2 (the byte-unigram plateau, i.e. the
-network collapsed to predicting byte frequencies) while stable runs reach ~2.5. Because the
-spike happens before the loss has come down, its running minimum is still the initial loss and
-rule 2 alone would call the later, lower plateau a recovery.
+In rules 2 and 3, ``i`` is the first step of the excursion: the earliest raw loss above the
+threshold within the median window where the smoothed loss first crossed it. The median
+ignores isolated spikes outright (a spike must cover most of the window to move it) and the
+patience lets a short burst that recovers pass, so only a loss that blows up *and stays up*
+counts. A run that is merely slower than another is not diverged: divergence is judged on the
+run's own history (and the data's plateau), never against a reference run.
 """
 
 from __future__ import annotations
@@ -53,12 +57,23 @@ class DivergenceConfig:
     blowup_margin: float = 1.0
     """Nats above the initial (untrained) loss that count as a blow-up."""
     blowup_patience: int = 5
-    """Consecutive smoothed steps above ``initial + blowup_margin`` that count as divergence."""
+    """Consecutive smoothed steps above ``initial + blowup_margin`` that count as divergence. A
+    blow-up of k >= window // 2 + 1 consecutive raw steps keeps the median above for k steps."""
+
+    plateau_loss: float | None = None
+    """The loss of the byte-unigram predictor of the training data; None disables rule 4."""
+    plateau_margin: float = 0.25
+    """Nats either side of ``plateau_loss`` that count as sitting on the plateau."""
+    plateau_patience: int = 150
+    """Consecutive smoothed steps on the plateau that count as divergence. Stable runs cross the
+    plateau band in a few dozen steps; a stalled one stays for hundreds."""
 
     def __post_init__(self) -> None:
-        if self.window < 1 or self.patience < 1 or self.blowup_patience < 1:
-            raise ValueError("window, patience and blowup_patience must be >= 1")
-        if self.abs_margin < 0 or self.rel_margin < 0 or self.blowup_margin < 0:
+        if min(self.window, self.patience, self.blowup_patience, self.plateau_patience) < 1:
+            raise ValueError("window, patience, blowup_patience and plateau_patience must be >= 1")
+        if self.plateau_loss is not None and not math.isfinite(self.plateau_loss):
+            raise ValueError(f"plateau_loss must be finite, got {self.plateau_loss}")
+        if min(self.abs_margin, self.rel_margin, self.blowup_margin, self.plateau_margin) < 0:
             raise ValueError("margins must be >= 0")
 
     def margin(self, running_min: float) -> float:
@@ -109,6 +124,7 @@ class DivergenceTracker:
         self.running_min = math.inf
         self.excursion = _Excursion()
         self.blowup = _Excursion()
+        self.plateau = _Excursion()
         self.result: Divergence | None = None
 
     @property
@@ -135,7 +151,7 @@ class DivergenceTracker:
         self.recent.append((self.step, loss))
         smoothed = median(v for _, v in self.recent)
 
-        # Rule 3: worse than the untrained model, for a few smoothed steps.
+        # Rule 2: worse than the untrained model, for a few smoothed steps.
         blowup_at = self.initial + cfg.blowup_margin
         above = smoothed > blowup_at
         self.blowup.update(above, self._first_above(blowup_at) if above else -1)
@@ -149,7 +165,7 @@ class DivergenceTracker:
             )
             return self.result
 
-        # Rule 2: a sustained excursion above the running minimum of the smoothed loss.
+        # Rule 3: a sustained excursion above the running minimum of the smoothed loss.
         threshold = self.running_min + cfg.margin(self.running_min)
         above = smoothed > threshold
         self.excursion.update(above, self._first_above(threshold) if above else -1)
@@ -163,6 +179,18 @@ class DivergenceTracker:
                 self.step,
             )
             return self.result
+        # Rule 4: stalled on the data's unigram plateau.
+        if cfg.plateau_loss is not None:
+            self.plateau.update(abs(smoothed - cfg.plateau_loss) <= cfg.plateau_margin, self.step)
+            if self.plateau.length >= cfg.plateau_patience:
+                self.result = Divergence(
+                    True,
+                    self.plateau.start,
+                    f"loss stalled within {cfg.plateau_margin:g} of the unigram plateau "
+                    f"{cfg.plateau_loss:.4g} for {cfg.plateau_patience} steps from step {self.plateau.start}",
+                    self.step,
+                )
+                return self.result
         self.running_min = min(self.running_min, smoothed)
         return None
 

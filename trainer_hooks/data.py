@@ -138,9 +138,21 @@ class ByteCorpus:
         data_map = np.memmap(self.path, dtype=np.uint8, mode="r")
         self.train = data_map[: n - n_val]
         self.val = data_map[n - n_val :]
+        self._unigram: float | None = None
 
     def __len__(self) -> int:
         return len(self.train) + len(self.val)
+
+    def unigram_entropy(self) -> float:
+        """Entropy (nats) of the training split's byte distribution: the loss of the best
+        predictor that ignores context, where high-LR runs stall (see `stabmon.divergence`)."""
+        if self._unigram is None:
+            counts = np.zeros(256, dtype=np.int64)
+            for i in range(0, len(self.train), 1 << 24):  # chunks bound the temporary memory
+                counts += np.bincount(self.train[i : i + (1 << 24)], minlength=256)
+            p = counts[counts > 0] / counts.sum()
+            self._unigram = float(-(p * np.log(p)).sum())
+        return self._unigram
 
     def split(self, name: str) -> np.ndarray:
         if name not in ("train", "val"):

@@ -64,6 +64,9 @@ class TrainConfig:
     """Record activation statistics every this many steps when monitoring is attached."""
     stop_on_divergence: bool = False
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    plateau_from_data: bool = True
+    """Fill ``divergence.plateau_loss`` (when unset) with the corpus's byte-unigram entropy, so a
+    run stalled on that plateau counts as diverged (rule 4 of `stabmon.divergence`)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``..."""
     threads: int | None = None
@@ -85,6 +88,7 @@ class TrainConfig:
             raise ValueError("lr must be > 0; warmup, grad_clip and eval_every must be >= 0")
         if cfg.monitor_every < 1 or cfg.checkpoint_every < 0:
             raise ValueError("monitor_every must be >= 1 and checkpoint_every >= 0")
+        preset(cfg.preset, variant=cfg.variant, **cfg.model)  # validates the model settings
         if cfg.name is None:
             cfg.name = f"{cfg.variant}-lr{cfg.lr:g}-s{cfg.seed}"
         return cfg
@@ -149,6 +153,9 @@ class TrainResult:
     tokens_per_s: float
     wall_s: float
     num_params: int
+    plateau_loss: float | None
+    """The unigram plateau the divergence verdict used: ``find_divergence(losses,
+    DivergenceConfig(plateau_loss=plateau_loss))`` reproduces ``diverged``/``diverged_at``."""
     losses: list[float] = field(repr=False, default_factory=list)
     grad_norms: list[float] = field(repr=False, default_factory=list)
     val_history: list[tuple[int, float]] = field(repr=False, default_factory=list)
@@ -191,6 +198,8 @@ class Trainer:
         self.corpus = ByteCorpus(cfg.data, self.model.config.block_size)
         self.batches = ByteBatches(self.corpus, cfg.batch_size, cfg.seed, self.device)
         self.callbacks: list[Callback] = list(callbacks)
+        if cfg.plateau_from_data and cfg.divergence.plateau_loss is None:
+            cfg.divergence = replace(cfg.divergence, plateau_loss=self.corpus.unigram_entropy())
         self.tracker = DivergenceTracker(cfg.divergence)
         self.lr_scale = 1.0
         self.step_num = 0
@@ -318,6 +327,7 @@ class Trainer:
             else 0.0,
             wall_s=wall_s,
             num_params=self.model.num_params(),
+            plateau_loss=cfg.divergence.plateau_loss,
             losses=list(self.losses),
             grad_norms=list(self.grad_norms),
             val_history=list(self.val_history),

@@ -105,21 +105,16 @@ def test_bad_inputs(tmp_path):
 
 
 def test_default_corpus_is_stdlib_source_capped_and_cached(monkeypatch):
+    sources = data_mod.stdlib_sources()
+    assert sources == sorted(sources)
+    assert all(p.suffix == ".py" and "site-packages" not in p.parts for p in sources)
     calls = []
-    real = data_mod.stdlib_sources
-
-    def counting():
-        calls.append(1)
-        return real()
-
-    monkeypatch.setattr(data_mod, "stdlib_sources", counting)
+    monkeypatch.setattr(data_mod, "stdlib_sources", lambda: calls.append(1) or sources)
     path = default_corpus(cap=200_000)
     raw = path.read_bytes()
-    assert len(raw) == 200_000
-    expected, sources = b"", iter(real())
+    expected, it = b"", iter(sources)
     while len(expected) < 200_000:  # the sorted sources, concatenated, cut at the cap
-        expected += next(sources).read_bytes()
+        expected += next(it).read_bytes()
     assert raw == expected[:200_000]
-    assert all(p.suffix == ".py" and "site-packages" not in p.parts for p in real())
-    assert default_corpus(cap=200_000) == path and len(calls) == 1  # built once
+    assert default_corpus(cap=200_000) == path and len(calls) == 1  # built once, then cached
     assert path.parent == data_mod.cache_dir()

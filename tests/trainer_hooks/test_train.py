@@ -217,11 +217,13 @@ def test_cli_train_json(corpus, tmp_path):
     assert len(saved["losses"]) == 4
 
 
-def test_cli_rejects_bad_variant(corpus):
-    out = subprocess.run(
-        [sys.executable, "-m", "stabmon", "train", "--variant", "nope", "--preset", "tiny", "--data", corpus],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode != 0 and "variant" in out.stderr
+def test_cli_rejects_bad_options(corpus):
+    from typer.testing import CliRunner
+
+    from stabmon.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["train", "--variant", "nope", "--preset", "tiny", "--data", corpus])
+    assert bad.exit_code != 0 and "unknown variant 'nope'" in bad.output
+    bad = runner.invoke(app, ["train", "--preset", "tiny", "--checkpoint-every", "5"])
+    assert bad.exit_code != 0 and "--out" in bad.output

@@ -86,17 +86,40 @@ def prepare(settings: Settings) -> tuple[Store, ServeInfo]:
     return store, ServeInfo(url, local[0] if local else None, local[1] if local else None)
 
 
-def serve(settings: Settings, log_level: str = "info") -> None:
-    """Run the collector until interrupted."""
+def app_from_env():  # noqa: ANN201
+    """uvicorn factory for worker processes: the settings come from the environment, which
+    :func:`serve` fills in; the parent already prepared the schema."""
+    from monitor.api import create_app
+
+    return create_app(Settings(migrate_on_start=False))
+
+
+def serve(settings: Settings, log_level: str = "info", workers: int = 1) -> None:
+    """Run the collector until interrupted; ``workers`` > 1 runs that many processes (the
+    collector is stateless apart from the database, so they share the port)."""
     import uvicorn
 
     from monitor.api import create_app
 
     store, info = prepare(settings)
-    print(f"stabmon collector on {info.url} (database {settings.db})", flush=True)
+    print(f"stabmon collector on {info.url} (database {settings.db}, {workers} worker(s))", flush=True)
     if info.token is not None:
         print(f"API token for project {settings.local_project!r} (kept in {info.token_file}):", flush=True)
         print(info.token, flush=True)
+    if workers > 1:
+        store.dispose()
+        # Workers rebuild the same Settings from the environment.
+        for name, value in settings.model_dump(exclude_none=True).items():
+            os.environ[f"STABMON_{name.upper()}"] = str(value)
+        uvicorn.run(
+            "monitor.server:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=workers,
+            log_level=log_level,
+        )
+        return
     app = create_app(settings, store=store)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)

@@ -5,7 +5,8 @@ problem, counted in ``stabmon_requests_rejected_total{reason}``.
   is read, and by counting the bytes of chunked/streamed bodies as they arrive;
 - validation errors: 422 listing (location, message) per problem, without echoing the input
   (a rejected 10,000-point batch must not come back as a 10,000-point error);
-- store errors: NotFound 404, Conflict 409;
+- store errors: NotFound 404, Conflict 409; values the database refuses although they passed
+  validation (a NUL character in a text field on PostgreSQL): 422;
 - database unreachable or locked: 503 with ``Retry-After``;
 - anything else is a bug: logged with its traceback, answered 500 with a generic message.
 """
@@ -131,6 +132,14 @@ def install_error_handlers(app: FastAPI, metrics: AppMetrics, retry_after_s: int
             status_code=503,
             headers={"Retry-After": str(retry_after_s)},
         )
+
+    @app.exception_handler(sa_exc.DataError)
+    async def _unstorable(_request: Request, e: sa_exc.DataError) -> JSONResponse:
+        # Input the database cannot hold although it passed validation, e.g. a NUL character
+        # in a text field on PostgreSQL. The transaction was rolled back; nothing was stored.
+        metrics.reject("validation")
+        reason = str(getattr(e, "orig", e)).splitlines()[0][:300]
+        return JSONResponse({"detail": f"value cannot be stored: {reason}"}, status_code=422)
 
     for exc_type in (
         sa_exc.OperationalError,

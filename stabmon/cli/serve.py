@@ -11,6 +11,7 @@ def serve_cmd(
     ),
     host: str | None = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
     port: int | None = typer.Option(None, "--port", help="Port (default 8321)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (uvicorn)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Run the collector: ingest API, series queries, alerts, /metrics."""
@@ -21,7 +22,7 @@ def serve_cmd(
     overrides = {k: v for k, v in {"db": db, "host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
     try:
-        serve(settings, log_level=log_level)
+        serve(settings, log_level=log_level, workers=workers)
     except (BindRefused, SchemaNotReady) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e

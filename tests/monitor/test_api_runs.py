@@ -111,3 +111,16 @@ def test_bad_run_bodies_are_4xx(api):
         "/api/v1/runs", content=b"{not json", headers={**api.headers, "content-type": "application/json"}
     )
     assert r.status_code == 422 and "json" in r.text.lower()
+
+
+def test_unstorable_text_is_422_not_500(api):
+    # PostgreSQL text cannot hold NUL; SQLite can. Either way: never a 5xx.
+    r = api.client.post("/api/v1/runs", json={"name": "a\x00b", "id": "n1"}, headers=api.headers)
+    assert r.status_code in (201, 422), r.text
+    api.create_run("r")
+    r = api.post_points("r", "b\x00", [{"step": 0, "values": {"x": 1.0}}])
+    assert r.status_code in (200, 422), r.text
+    r = api.client.patch("/api/v1/runs/r", json={"summary": {"k": "v\x00"}}, headers=api.headers)
+    assert r.status_code in (200, 422), r.text
+    r = api.client.get("/api/v1/runs?variant=a%00b", headers=api.headers)
+    assert r.status_code in (200, 422), r.text

@@ -38,6 +38,7 @@ from tests.dashboard.synthetic import RunShape, batches, point_values  # noqa: E
 
 DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Dashboard"
+RUN_ID = "render-bench"
 
 
 def build_run(db_url: str, token_project: str, shape: RunShape, batch_steps: int) -> tuple[str, float]:
@@ -52,7 +53,7 @@ def build_run(db_url: str, token_project: str, shape: RunShape, batch_steps: int
         run, _ = store.create_run(
             pid,
             RunCreate(
-                id="render-bench",
+                id=RUN_ID,
                 name=f"render-bench {shape.steps} steps x {shape.series_count()} series",
                 config={"variant": "baseline", "lr": 3e-3, "preset": "bench", "seed": shape.seed},
             ),
@@ -133,6 +134,11 @@ def main() -> None:
     ap.add_argument("--loads", type=int, default=5)
     ap.add_argument("--batch-steps", type=int, default=500)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    ap.add_argument(
+        "--db-file",
+        type=Path,
+        help="keep the SQLite database here and reuse it when it exists (faster re-runs)",
+    )
     args = ap.parse_args()
     if args.loads < 2:
         ap.error("--loads must be at least 2 (one cold load, then warm ones)")
@@ -140,11 +146,16 @@ def main() -> None:
     shape = RunShape(steps=args.steps, layers=args.layers, diverge_at=args.steps - 200, onset=400, seed=3)
     with tempfile.TemporaryDirectory(prefix="stabmon-render-") as tmp:
         tmpdir = Path(tmp)
-        db = f"sqlite:///{tmpdir / 'stabmon.db'}"
-        # The project must be the one the collector helper makes its token for.
-        run_id, write_s = build_run(db, "stability", shape, args.batch_steps)
+        db_file = args.db_file.resolve() if args.db_file else tmpdir / "stabmon.db"
+        db = f"sqlite:///{db_file}"
         values = args.steps * shape.series_count()
-        print(f"wrote {values:,} values ({shape.series_count()} series) in {write_s:.1f} s", flush=True)
+        if args.db_file and db_file.exists():
+            run_id, write_s = RUN_ID, float("nan")
+            print(f"reusing {db_file}", flush=True)
+        else:
+            # The project must be the one the collector helper makes its token for.
+            run_id, write_s = build_run(db, "stability", shape, args.batch_steps)
+            print(f"wrote {values:,} values ({shape.series_count()} series) in {write_s:.1f} s", flush=True)
         collector = start_collector(tmpdir, "stability", db=db)
         try:
             keys = sorted(point_values(shape, 0, random.Random(0)))

@@ -277,19 +277,64 @@
     return Plotly.react(el, fig.traces, layout, SM.PLOT_CONFIG);
   }
 
+  // Every plot of the page, by div id: how to draw it from the current state.
+  const PLOTS = {
+    "plot-loss": () => draw("plot-loss", lossFigure(), "No loss recorded yet."),
+    "plot-logits": () => draw("plot-logits", logitFigure(), "No attention-logit statistics recorded."),
+    "plot-entropy": () => draw("plot-entropy", entropyFigure(), "No attention entropy recorded."),
+    "plot-grad": () => draw("plot-grad", simpleFigure("grad_norm", "Gradient norm (bucket max)", "grad norm", true,
+      "#7048e8", true), "No grad norm recorded."),
+    "plot-lr": () => draw("plot-lr", simpleFigure("lr", "Learning rate", "lr", false, "#0c8599"), "No learning rate recorded."),
+  };
+  function plotIds() { return [...Object.keys(PLOTS), ...sitesPresent().map((site) => "heat-" + site)]; }
+  function drawPlot(id) { return id.startsWith("heat-") ? draw(id, heatFigure(id.slice(5)), "") : PLOTS[id](); }
+
   function drawAll() {
     renderHeader();
     renderAlerts();
-    const sites = sitesPresent();
-    ensureHeatDivs(sites);
-    return Promise.all([
-      draw("plot-loss", lossFigure(), "No loss recorded yet."),
-      ...sites.map((site) => draw("heat-" + site, heatFigure(site), "")),
-      draw("plot-logits", logitFigure(), "No attention-logit statistics recorded."),
-      draw("plot-entropy", entropyFigure(), "No attention entropy recorded."),
-      draw("plot-grad", simpleFigure("grad_norm", "Gradient norm (bucket max)", "grad norm", true, "#7048e8", true), "No grad norm recorded."),
-      draw("plot-lr", simpleFigure("lr", "Learning rate", "lr", false, "#0c8599"), "No learning rate recorded."),
-    ]);
+    ensureHeatDivs(sitesPresent());
+    return Promise.all(plotIds().map(drawPlot));
+  }
+
+  // The first load fetches the series in groups, one per set of plots (run-level series,
+  // each site's norms, the attention statistics), in parallel, and draws each set as soon as
+  // its group arrives: the loss shows up while the heatmaps' larger queries still run.
+  function keyGroups() {
+    const groups = new Map();
+    for (const k of state.wanted) {
+      const p = SM.parseKey(k);
+      const g = p.layer === null ? "run" : p.site === "attn" ? "attn" : "heat-" + p.site;
+      if (!groups.has(g)) groups.set(g, []);
+      groups.get(g).push(k);
+    }
+    const plotsOf = { run: ["plot-loss", "plot-grad", "plot-lr"], attn: ["plot-logits", "plot-entropy"] };
+    return [...groups.entries()].map(([g, keys]) => ({ keys, plots: plotsOf[g] || [g] }));
+  }
+
+  async function firstRender() {
+    renderHeader();
+    renderAlerts();
+    ensureHeatDivs(sitesPresent());
+    const drawn = new Set();
+    const ranges = new Map();
+    await Promise.all(keyGroups().map(async (g) => {
+      const add = await SM.fetchSeries(runId, g.keys, { max_points: MAX_POINTS });
+      Object.assign(state.series, add);
+      state.last = Math.max(state.last, SM.lastStep(add));
+      await Promise.all(g.plots.map((id) => { drawn.add(id); ranges.set(id, JSON.stringify(stepRange())); return drawPlot(id); }));
+      if (window.__stabmonFirstPlot === undefined) window.__stabmonFirstPlot = performance.now();
+    }));
+    // Plots without data get their empty-state note; plots drawn before the last group
+    // arrived get the final common step range.
+    const final = stepRange();
+    await Promise.all(plotIds().map((id) => {
+      if (!drawn.has(id)) return drawPlot(id);
+      const el = document.getElementById(id);
+      if (final && el.data && ranges.get(id) !== JSON.stringify(final)) {
+        return Plotly.relayout(el, { "xaxis.range": final, "xaxis.autorange": false });
+      }
+      return Promise.resolve();
+    }));
   }
 
   // ---- loading and live updates -----------------------------------------------------------
@@ -303,8 +348,8 @@
     state.keys = keyList(keys);
     state.wanted = chooseKeys(state.keys);
     state.alerts = Array.isArray(alerts) ? alerts : alerts.items || [];
-    state.series = state.wanted.length ? await SM.fetchSeries(runId, state.wanted, { max_points: MAX_POINTS }) : {};
-    state.last = Math.max(SM.lastStep(state.series), -1);
+    state.series = {};
+    state.last = -1;
   }
 
   function tooDense() {
@@ -349,7 +394,7 @@
   async function main() {
     try {
       await loadAll();
-      await drawAll();
+      await firstRender();
       window.__stabmonRendered = performance.now();
     } catch (e) {
       SM.showError("plot-loss", e);

@@ -180,3 +180,29 @@ def test_lr_sweep(page, seeded, artifacts) -> None:  # noqa: ANN001
     page.select_option("#metric", "min_loss")
     wait_js(page, "document.getElementById('plot-sweep').layout.yaxis.title.text === 'min loss'")
     page.screenshot(path=str(artifacts / "sweep.png"), full_page=True)
+
+
+def test_login_form_in_the_browser(browser, seeded, artifacts) -> None:  # noqa: ANN001
+    """A bad token shows the form with a message and no data; signing in with a good one
+    lands on the page first asked for, and the session survives a reload."""
+    ctx = browser.new_context(viewport={"width": 1000, "height": 640})
+    try:
+        page = ctx.new_page()
+        page.goto(f"{seeded.collector.url}/runs/{seeded.healthy}?token=stm_wrong")
+        assert "not valid" in page.inner_text("#login-msg")
+        assert page.locator("#runs-table, .js-plotly-plot").count() == 0
+        page.screenshot(path=str(artifacts / "login.png"))
+        assert not any(c["name"] == "stabmon_token" for c in ctx.cookies())
+        page.fill('input[name="token"]', seeded.collector.token)
+        page.click('button[type="submit"]')
+        page.wait_for_url(f"{seeded.collector.url}/runs/{seeded.healthy}")
+        cookie = next(c for c in ctx.cookies() if c["name"] == "stabmon_token")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert page.evaluate("document.cookie") == ""  # invisible to scripts
+        page.reload()
+        wait_js(page, "window.__stabmonRendered !== undefined")
+        page.click("text=sign out")
+        page.wait_for_url(f"{seeded.collector.url}/login")
+        assert not any(c["name"] == "stabmon_token" for c in ctx.cookies())
+    finally:
+        ctx.close()

@@ -163,3 +163,24 @@ def test_grad_norm_and_lr_helpers():
     torch.testing.assert_close(session.grad_norm(layer.parameters()), expected)
     assert session.current_lr(torch.optim.SGD(layer.parameters(), lr=0.25)) == 0.25
     assert session.current_lr(object()) is None
+
+
+def test_under_ddp_with_reduce_only_rank_0_builds_a_client(monkeypatch, tmp_path):
+    monkeypatch.setattr(session, "distributed", lambda: True)
+    monkeypatch.setattr(session, "shared_run_id", lambda: "shared")
+    options = {"spool_dir": tmp_path, "connect_timeout_s": 0.1}
+    monkeypatch.setattr(session, "rank", lambda: 1)
+    sink, owned = _open(url="http://127.0.0.1:9", reduce=True, client_options=options)
+    assert isinstance(sink, NullSink) and owned
+    # Without reduce every rank sends its own records, to the same run.
+    sink, _ = _open(url="http://127.0.0.1:9", reduce=False, client_options={**options, "spool_tag": "1"})
+    try:
+        assert isinstance(sink, Client) and sink.run_id == "shared"
+    finally:
+        sink.close(status=None, timeout=0.2)
+    monkeypatch.setattr(session, "rank", lambda: 0)
+    sink, _ = _open(url="http://127.0.0.1:9", reduce=True, client_options=options)
+    try:
+        assert isinstance(sink, Client) and sink.run_id == "shared"
+    finally:
+        sink.close(status=None, timeout=0.2)

@@ -112,8 +112,8 @@ def train_cmd(
         typer.echo(json.dumps(result.to_dict(), allow_nan=False))
     else:
         div = f"diverged at step {result.diverged_at}" if result.diverged else "did not diverge"
+        val = "-" if result.val_loss is None else f"{result.val_loss:.4f} (ppl {result.val_ppl:.2f})"
         console.print(
             f"{result.name}: {result.steps_run} steps, final loss {result.final_loss:.4f}, "
-            f"val loss {result.val_loss}, val ppl {result.val_ppl}, {div}, "
-            f"{result.tokens_per_s:,.0f} tok/s"
+            f"val loss {val}, {div}, {result.tokens_per_s:,.0f} tok/s"
         )

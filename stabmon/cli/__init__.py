@@ -16,6 +16,9 @@ app = typer.Typer(
 )
 
 # Subcommands register themselves here, one line each (keep them sorted).
+from stabmon.cli import demo  # noqa: E402
+
+app.command("demo")(demo.demo_cmd)
 from stabmon.cli import db  # noqa: E402
 
 app.add_typer(db.app, name="db")

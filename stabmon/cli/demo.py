@@ -1,0 +1,175 @@
+"""``stabmon demo``: collector + two training runs + alerts, end to end (see :mod:`stabmon.demo`).
+
+The command is the display: rich progress bars on stderr (loss and alerts per run, alerts
+printed as they arrive), then a summary table and the dashboard links; ``--json`` prints the
+summary as one JSON object on stdout instead. It exits by itself (``make demo`` relies on
+that) unless ``--keep-serving`` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+class _Display:
+    """Receives :func:`stabmon.demo.run_demo`'s progress events and draws them with rich."""
+
+    def __init__(self, progress: Any, console: Any) -> None:
+        self.progress = progress
+        self.console = console
+        self.tasks: list[Any] = []
+        self.names: list[str] = []
+        self.alerts: list[list[str]] = []
+
+    def start(self, runs: list[Any], cfg: Any) -> None:
+        for run in runs:
+            self.names.append(run.variant)
+            self.alerts.append([])
+            self.tasks.append(
+                self.progress.add_task(f"{run.variant:<12}", total=cfg.steps, loss="-", alerts="none")
+            )
+
+    def step(self, i: int, step: int, loss: float) -> None:
+        self.progress.update(self.tasks[i], completed=step + 1, loss=f"{loss:8.4f}")
+
+    def alert(self, i: int, alert: dict) -> None:
+        color = "red" if alert["severity"] == "critical" else "yellow"
+        self.alerts[i].append(f"[{color}]{alert['rule']}@{alert['step']}[/]")
+        self.progress.update(self.tasks[i], alerts=" ".join(self.alerts[i][-3:]))
+        self.console.print(
+            f"[{color}]ALERT[/] [bold]{self.names[i]}[/] {alert['severity']} [bold]{alert['rule']}[/] "
+            f"at step {alert['step']}: {alert['message']}"
+        )
+
+    def done(self, i: int, outcome: dict) -> None:
+        self.progress.update(self.tasks[i], completed=outcome.get("steps_run", 0))
+
+    def error(self, i: int, text: str) -> None:
+        self.console.print(f"[red]run {self.names[i]} failed:[/]\n{text}")
+
+
+def _summary(report: Any, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="stabmon demo", show_lines=False)
+    for col in (
+        "variant",
+        "lr",
+        "status",
+        "diverged at",
+        "first alert",
+        "lead (steps)",
+        "alerts",
+        "final loss",
+    ):
+        table.add_column(col)
+    for r in report.runs:
+        rules = ", ".join(f"{a['rule']}({a['severity'][0]})@{a['step']}" for a in r.alerts[:4])
+        if len(r.alerts) > 4:
+            rules += f" +{len(r.alerts) - 4}"
+        final = f"{r.final_loss:.3f}" if isinstance(r.final_loss, (int, float)) else str(r.final_loss or "-")
+        table.add_row(
+            r.variant,
+            f"{r.lr:g}",
+            r.error and "[red]error[/]" or r.status,
+            "-" if r.diverged_at is None else str(r.diverged_at),
+            "-" if r.first_alert_step is None else str(r.first_alert_step),
+            "-" if r.lead_steps is None else str(r.lead_steps),
+            rules or "none",
+            final,
+        )
+    console.print(table)
+    for r in report.runs:
+        if r.diverged and r.lead_steps is not None and r.lead_steps > 0:
+            verdict = (
+                f"first alert at step {r.first_alert_step}, {r.lead_steps} steps before the loss "
+                f"diverged at step {r.diverged_at}"
+            )
+        elif r.diverged:
+            verdict = f"diverged at step {r.diverged_at}, " + (
+                "no alert before"
+                if r.first_alert_step is None
+                else f"first alert at step {r.first_alert_step}"
+            )
+        else:
+            verdict = "did not diverge, " + (f"{len(r.alerts)} alert(s)" if r.alerts else "no alerts")
+        console.print(f"[bold]{r.variant}[/]: {verdict}")
+        console.print(f"  dashboard: {r.dashboard_url}")
+        console.print(f"  API:       {r.api_url}  (Authorization: Bearer <token in {report.token_file}>)")
+    console.print(f"collector data is in {report.db}; serve it again with:\n  {report.serve_command}")
+    console.print(f"demo wall time {report.wall_s:.0f} s")
+
+
+def demo_cmd(
+    preset: str = typer.Option("small", help="Model size: tiny | small."),
+    steps: int = typer.Option(300, help="Optimizer steps per run."),
+    lr: float = typer.Option(0.1, help="Peak learning rate of both runs."),
+    warmup: int = typer.Option(20, help="Linear warmup steps."),
+    variants: str = typer.Option(
+        ",".join(("baseline", "qk_norm_cap")), help="Comma-separated variants to train."
+    ),
+    seed: int = typer.Option(0),
+    db: Path = typer.Option(Path(".stabmon/demo.db"), help="SQLite file of the demo's collector."),
+    port: int = typer.Option(0, help="Collector port (0: a free one)."),
+    sequential: bool = typer.Option(False, help="Train the runs one after the other instead of in parallel."),
+    keep_serving: bool = typer.Option(False, help="Keep the collector running afterwards, until Ctrl-C."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+) -> None:
+    """Train baseline and a stable variant at a high LR against a local collector; show the alerts."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from stabmon.demo import DemoConfig, report_json, run_demo
+
+    try:
+        cfg = DemoConfig(
+            preset=preset,
+            steps=steps,
+            lr=lr,
+            warmup=warmup,
+            variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
+            seed=seed,
+            db=db,
+            port=port,
+            parallel=not sequential,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("alerts {task.fields[alerts]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    console.print(
+        f"stabmon demo: {', '.join(cfg.variants)} on '{cfg.preset}' at LR {cfg.lr:g}, {cfg.steps} steps"
+    )
+    try:
+        with progress:
+            report, collector = run_demo(cfg, _Display(progress, console))
+    except RuntimeError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+
+    try:
+        if as_json:
+            typer.echo(report_json(report))
+        else:
+            _summary(report, Console())
+        if keep_serving:
+            console.print(f"collector running at {report.collector}; press Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                collector.process.wait()
+    finally:
+        collector.stop()
+    if any(r.error for r in report.runs):
+        raise typer.Exit(1)

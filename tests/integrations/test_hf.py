@@ -103,6 +103,11 @@ def test_stop_on_alert_saves_a_checkpoint_and_stops(tmp_path):
     assert max(r["step"] for r in sink.records) == stopped
     assert _hooks_left(model) == 0
 
+    # The same callback in a new run starts without the old stop request.
+    sink.alert_at = -1
+    again = _train(tiny_gpt2(), _args(tmp_path, max_steps=5, gradient_accumulation_steps=1), callback)
+    assert again.state.global_step == 5 and callback.stopped_at is None
+
 
 def test_log_mode_keeps_training(tmp_path, caplog):
     sink = AlertingSink(alert_at=1)

@@ -84,7 +84,7 @@ class StabmonCallback(TrainerCallback):
         client_options: Mapping[str, Any] | None = None,
         **attach_options: Any,
     ) -> None:
-        if not isinstance(every, int) or every < 1:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer, got {every!r}")
         self.url, self.token, self.sink = url, token, sink
         self.every = every
@@ -111,6 +111,7 @@ class StabmonCallback(TrainerCallback):
         if self.monitor is not None:  # a second trainer.train() on the same callback
             self._teardown(status=None)
         self._failed = False
+        self.alerts.reset()
         self.stopped_at = None
         run_name = self.run_name or args.run_name or os.path.basename(os.path.normpath(args.output_dir))
         options = {"reduce": session.distributed(), **self.attach_options}

@@ -92,7 +92,7 @@ class StabmonCallback(Callback):
         checkpoint_dir: str | os.PathLike | None = None,
         **attach_options: Any,
     ) -> None:
-        if not isinstance(every, int) or every < 1:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer, got {every!r}")
         self.url, self.token, self.sink = url, token, sink
         self.every = every
@@ -117,6 +117,7 @@ class StabmonCallback(Callback):
         if self.monitor is not None:  # a second fit() with the same callback
             self._teardown(status=None)
         self._failed = False
+        self.alerts.reset()
         self.stopped_at = self.stop_checkpoint = None
         options = {"reduce": session.distributed(), **self.attach_options}
         self._sink, self._owned = session.open_sink(

@@ -93,6 +93,11 @@ class AlertSwitch:
         ):
             self.request_stop(describe(alert))
 
+    def reset(self) -> None:
+        """Forget a stop request (a new training run starts)."""
+        self._stop.clear()
+        self.reason = None
+
     def request_stop(self, reason: str) -> None:
         """Ask the training job to stop at its next step boundary (any thread)."""
         if not self._stop.is_set():

@@ -20,8 +20,6 @@ import httpx
 import pytest
 import torch
 
-pytest.importorskip("accelerate", reason="the Trainer needs accelerate")
-
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
@@ -107,6 +105,8 @@ def _run_ids(api: httpx.Client) -> set[str]:
     ],
 )
 def test_example_streams_every_step_to_the_collector(api, tmp_path, example, argv, steps, config_key):
+    if example == "hf_trainer":
+        pytest.importorskip("accelerate", reason="the Hugging Face Trainer needs accelerate")
     before = _run_ids(api)
     if example == "plain_loop":
         argv = [*argv, "--tensorboard", str(tmp_path / "tb")]
@@ -147,6 +147,7 @@ class _PoisonAt:
 
 
 def test_hf_run_stops_on_a_real_critical_alert(api, tmp_path):
+    pytest.importorskip("accelerate", reason="the Hugging Face Trainer needs accelerate")
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from tests.integrations._tiny import RandomBytes, tiny_gpt2

@@ -457,12 +457,14 @@ class Client:
         reply = self._transport.post_points(self.run_id, body)
         if reply.verdict == "ok":
             data = reply.data if isinstance(reply.data, dict) else {}
-            self._spool.ack(batch_id)
             self._c["batches_acked"] += 1
             self._c["points_acked"] += n_points
             if data.get("duplicate"):
                 self._c["duplicates"] += 1
+            # Alerts and counters before the ack: once flush() returns, the answers to what it
+            # waited for have been fully handled (on_alert called, stats updated).
             self._alerts.update(data.get("alerts"))
+            self._spool.ack(batch_id)
         elif reply.verdict == "reject":
             if reply.status == 413 and self._spool.split(batch_id):
                 # The collector's body limit is below ours: resend in halves, and make new

@@ -485,10 +485,10 @@ class Client:
                 return Reply("ok", 404)
             self._c["rejected_batches"] += 1
             self._c["rejected_points"] += n_points
-            self._spool.reject(batch_id, body, reply.status, reply.detail)
             self._error(
                 f"collector rejected batch {batch_id} ({n_points} points) with HTTP {reply.status}: "
                 f"{reply.detail}; kept in {self._spool.rejected_path}",
                 logging.ERROR,
             )
+            self._spool.reject(batch_id, body, reply.status, reply.detail)
         return reply

@@ -222,6 +222,24 @@
   }
 
   // ---- alerts table ----------------------------------------------------------------------
+  // Evidence, compact: scalar fields as "name: value", then one line per implicated series
+  // (the detector lists the worst first) instead of a tall JSON tree.
+  function evidenceText(ev) {
+    if (!ev || typeof ev !== "object") return String(ev ?? "");
+    const lines = [];
+    for (const [k, v] of Object.entries(ev)) {
+      if (k === "series" && Array.isArray(v)) continue;
+      lines.push(k + ": " + (typeof v === "object" ? JSON.stringify(v) : v));
+    }
+    for (const row of Array.isArray(ev.series) ? ev.series : []) {
+      if (!row || typeof row !== "object") { lines.push(String(row)); continue; }
+      const rest = Object.entries(row).filter(([k]) => k !== "key")
+        .map(([k, v]) => k + "=" + (typeof v === "number" ? SM.fmt(v) : typeof v === "object" ? JSON.stringify(v) : v));
+      lines.push((row.key ?? "") + "  " + rest.join("  "));
+    }
+    return lines.join("\n");
+  }
+
   function renderAlerts() {
     const el = document.getElementById("alerts");
     if (!state.alerts.length) { el.innerHTML = '<div class="empty">No alerts for this run.</div>'; return; }
@@ -233,7 +251,7 @@
         + "<td><span class=\"badge " + SM.esc(a.status) + "\">" + SM.esc(a.status) + "</span></td>"
         + '<td class="num">' + SM.esc(a.step) + '</td><td class="num">' + SM.esc(a.last_step) + "</td>"
         + '<td class="wrap">' + SM.esc(a.message) + "</td>"
-        + "<td><details><summary>show</summary><pre>" + SM.esc(JSON.stringify(a.evidence, null, 2)) + "</pre></details></td></tr>")
+        + '<td class="evidence"><details><summary>show</summary><pre>' + SM.esc(evidenceText(a.evidence)) + "</pre></details></td></tr>")
         .join("") + "</tbody></table>";
   }
 

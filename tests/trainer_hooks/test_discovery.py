@@ -182,3 +182,15 @@ def test_attach_validates_arguments():
         attach(nano(), sink=object())
     with pytest.raises(TypeError, match="optimizer"):
         attach(nano(), optimizer=torch.zeros(1))
+
+
+def test_no_logit_bound_where_q_and_k_are_normalised_after_the_projection():
+    model = llama()
+    with attach(model) as mon:
+        assert "layer.0.attn.logit_bound" in mon.keys
+    for layer in model.model.layers:  # as in Qwen3: per-head RMSNorm on q and k before RoPE
+        layer.self_attn.q_norm = nn.LayerNorm(16)
+        layer.self_attn.k_norm = nn.LayerNorm(16)
+    with attach(model) as mon:
+        assert not any("logit_bound" in k for k in mon.keys)
+        assert "layer.0.q.l2_mean" in mon.keys

@@ -251,3 +251,18 @@ def test_explicit_attention_path_only_on_recorded_steps():
     assert all("layer.0.attn.entropy_mean" in r["values"] for r in sink.records)
     mon.remove()
     assert [b.attn.record_attention for b in model.blocks] == [False, True]
+
+
+def test_package_exports_load_lazily():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trainer_hooks\n"
+        "assert 'torch' not in sys.modules, 'importing the package must stay cheap'\n"
+        "from trainer_hooks import Client, MemorySink, Monitor, attach\n"
+        "from trainer_hooks.hooks import attach as a2\n"
+        "assert attach is a2 and 'torch' in sys.modules\n"
+        "assert sorted(trainer_hooks.__all__) == ['Client', 'MemorySink', 'Monitor', 'attach']\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -6,7 +6,8 @@ switches the attention modules' ``record_attention`` on, ``remove()`` switches i
 q|k|v output (GPT-2, nanoGPT: exact ``max |q.k|/sqrt(hs)``, causal; valid only when q and k
 enter the attention as projected, i.e. no rotary embedding and no q/k normalisation), or separate
 q and k outputs (Llama family: ``logit_bound = max|q| max|k| / sqrt(hs)``, an upper bound that
-rotary embeddings cannot exceed). Head counts come from the attention module (``n_head``,
+rotary embeddings cannot exceed; not emitted where q/k are normalised after the projection,
+as in Qwen3). Head counts come from the attention module (``n_head``,
 ``num_heads``, ``head_dim``) or the model's ``config``, or from ``n_head=``.
 """
 
@@ -65,6 +66,17 @@ def _scale(attn: nn.Module | None) -> float | None:
     return float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else None
 
 
+def _qk_normed(attn: nn.Module | None) -> bool:
+    """Whether q and k are normalised after their projections (Qwen3, OLMo2: ``q_norm``/``k_norm``).
+
+    Then the projection outputs' norms say nothing about the logits, and no bound is emitted.
+    """
+    return attn is not None and any(
+        isinstance(getattr(attn, n, None), nn.Module) and not isinstance(getattr(attn, n), nn.Identity)
+        for n in ("q_norm", "k_norm")
+    )
+
+
 def build_plan(
     model: nn.Module,
     sites: Mapping[str, str] | None = None,
@@ -104,7 +116,7 @@ def build_plan(
             if width is not None and (width % 3 or (width // 3) % sp.n_head):
                 raise ValueError(f"{name}: output width {width} is not 3 x a multiple of n_head={sp.n_head}")
             sp.scale = _scale(attn)
-        elif logits and ref.site in ("q", "k") and {"q", "k"} <= layer_sites.keys():
+        elif logits and ref.site in ("q", "k") and {"q", "k"} <= layer_sites.keys() and not _qk_normed(attn):
             sp.attn = ref.site
             hd = _int_attr([attn, *configs], ("head_dim",))
             if hd is None:

@@ -83,7 +83,8 @@ def entropy_mean(p: torch.Tensor) -> torch.Tensor:
     slower.) A NaN in ``p`` propagates. Returns a 0-d tensor.
     """
     p = _f32(p)
-    return -(p * p.clamp_min(_TINY).log_()).sum(dim=-1).mean()
+    t = p.clamp_min(_TINY).log_().mul_(p)  # one temporary, updated in place: p log p
+    return t.sum() / (-(p.numel() // p.shape[-1]))  # the mean over (B, nh, T) rows of the row sums
 
 
 @torch.no_grad()

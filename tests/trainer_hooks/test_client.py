@@ -313,7 +313,7 @@ def test_leftover_spool_from_an_exited_process_is_replayed_by_a_new_client(colle
         from trainer_hooks.client import Client, RunInfo
         c = Client({collector.url!r}, token={TOKEN!r}, run=RunInfo(name="t", id="run-left"),
                    spool_dir={str(tmp_path / "spool")!r}, flush_interval_s=0.05,
-                   backoff_initial_s=0.02, atexit_timeout_s=0.5)
+                   backoff_initial_s=0.02, atexit_timeout_s=0.5, spool_tag="0")
         for s in range(40):
             c.write({{"step": s, "rank": 0, "values": {{"loss": float(s), "x": float("nan")}}}})
         # no close(): the interpreter exit flushes what it can within atexit_timeout_s
@@ -322,7 +322,7 @@ def test_leftover_spool_from_an_exited_process_is_replayed_by_a_new_client(colle
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60, cwd=str(tmp_path))
     assert (tmp_path / "spool" / "run-left.0.spool.jsonl").stat().st_size > 0
     collector.start()
-    c = _client(collector, tmp_path, run=RunInfo(name="t", id="run-left"))
+    c = _client(collector, tmp_path, run=RunInfo(name="t", id="run-left"), spool_tag="0")
     c.write({"step": 40, "rank": 0, "values": {"loss": 40.0, "x": float("nan")}})
     assert c.flush(10)
     assert [p["step"] for p in collector.points()] == list(range(41))

@@ -240,6 +240,7 @@ def test_grafana_queries_name_only_metrics_a_live_collector_exports(seeded) -> N
 
 
 # ---- the collector container's entrypoint --------------------------------------------------------
+@pytest.mark.slow
 def test_entrypoint_bootstraps_a_token_and_serves(tmp_path: Path) -> None:
     port = free_port()
     token_file = tmp_path / "state" / "token"

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from tests.trainer_hooks._collector_fake import TOKEN, FakeCollector, make_alert, same, wait_until
-from trainer_hooks.client import Client, ClientConfig, RunInfo
+from trainer_hooks.client import Client, ClientConfig, RunInfo, SpoolInUseError
 
 FAST = {
     "flush_interval_s": 0.05,
@@ -359,3 +359,23 @@ def test_bad_configuration_fails_fast_with_clear_errors(tmp_path):
         Client("http://127.0.0.1:9", run=RunInfo(name="x", id="bad id!"), spool_dir=tmp_path)
     with pytest.raises(ValueError, match="flush_interval_s"):
         ClientConfig(flush_interval_s=0)
+
+
+def test_one_spool_per_process_of_a_run(collector, tmp_path, monkeypatch):
+    run = RunInfo(name="t", id="shared-run")
+    a = _client(collector, tmp_path, run=run)
+    with pytest.raises(SpoolInUseError, match="in use"):
+        _client(collector, tmp_path, run=run)
+    monkeypatch.setenv("RANK", "1")  # torchrun gives every rank its own spool file
+    b = _client(collector, tmp_path, run=run)
+    assert b.spool_path.name == "shared-run.1.spool.jsonl" != a.spool_path.name
+    b.close()
+    a.close()
+
+
+def test_context_manager_marks_a_crashed_run_stopped(collector, tmp_path):
+    with pytest.raises(RuntimeError), _client(collector, tmp_path) as c:
+        c.write(_record(0))
+        raise RuntimeError("training crashed")
+    assert collector.updates == [{"status": "stopped"}]
+    _assert_exactly_once(collector, [_record(0)])

@@ -1,4 +1,4 @@
-"""``norm_growth``: per-site output norms growing fast, the earliest sign of divergence.
+"""``norm_growth``: per-site output norms growing step after step, a precursor of divergence.
 
 Rybakov et al. (2024) observe that before a run diverges the L2 norms of the QKV, Proj and FC2
 outputs grow step after step. Per series ``layer.{i}.{site}.{stat}`` (sites qkv/q/k/v/proj/fc1/

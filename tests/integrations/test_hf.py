@@ -153,3 +153,7 @@ def test_bad_arguments_are_refused():
         StabmonCallback(every=0)
     with pytest.raises(ValueError, match="on_alert"):
         StabmonCallback(on_alert="explode")
+    with pytest.raises(TypeError, match="evry"):
+        StabmonCallback(evry=2)
+    with pytest.raises(ValueError, match="FanoutSink"):
+        StabmonCallback("http://127.0.0.1:9", sink=MemorySink())

@@ -45,7 +45,7 @@ def _loader(n: int = 64, seed: int = 0) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xy[:, :-1], xy[:, 1:]), batch_size=4)
 
 
-def _fit(module, callback, tmp_path, **trainer_kwargs):
+def _fit(module, callback, tmp_path, val_loader=None, **trainer_kwargs):
     kwargs = dict(
         max_steps=4,
         accelerator="cpu",
@@ -60,7 +60,7 @@ def _fit(module, callback, tmp_path, **trainer_kwargs):
     )
     kwargs.update(trainer_kwargs)
     trainer = L.Trainer(**kwargs)
-    trainer.fit(module, _loader())
+    trainer.fit(module, _loader(), val_loader)
     return trainer
 
 
@@ -71,23 +71,16 @@ def _hooks_left(model: torch.nn.Module) -> int:
 def test_one_record_per_optimizer_step_with_mean_loss_and_unclipped_norm(tmp_path):
     module = LitGPT(variant="qk_norm")
     sink = MemorySink()
-    trainer = L.Trainer(
-        max_steps=4,
+    _fit(
+        module,
+        StabmonCallback(sink=sink),
+        tmp_path,
+        val_loader=_loader(8, seed=1),
         accumulate_grad_batches=2,
         gradient_clip_val=1e-3,
         val_check_interval=2,
         limit_val_batches=2,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        callbacks=[StabmonCallback(sink=sink)],
     )
-    trainer.fit(module, _loader(), _loader(8, seed=1))
 
     assert [r["step"] for r in sink.records] == [1, 2, 3, 4]
     # Each record's loss is the mean of its two micro-batches; validation forwards are not counted.
@@ -134,3 +127,10 @@ def test_config_has_hparams_on_top_and_trainer_settings(tmp_path):
     assert config["lr"] == 3e-3 and config["variant"] == "qkv_norm" and config["framework"] == "lightning"
     assert config["trainer"]["accumulate_grad_batches"] == 4 and config["trainer"]["max_steps"] == 3
     assert config["model_class"] == "LitGPT"
+
+
+def test_options_are_checked_when_the_callback_is_built():
+    with pytest.raises(TypeError, match="on_alrt"):
+        StabmonCallback(on_alrt="stop")
+    callback = StabmonCallback(every=3, logits=False, on_alert="stop", checkpoint_dir="/tmp/x")
+    assert callback.run.every == 3 and callback.run.attach_options == {"logits": False}

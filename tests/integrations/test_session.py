@@ -15,6 +15,7 @@ from stabmon.wire import AlertPublic
 from tests.integrations._tiny import critical_alert
 from trainer_hooks.client import Client, MemorySink, NullSink
 from trainer_hooks.integrations import session
+from trainer_hooks.integrations.run import MonitoredRun
 
 
 def _open(**overrides):
@@ -30,7 +31,7 @@ def _open(**overrides):
         reduce=False,
     )
     kwargs.update(overrides)
-    return session.open_sink(**kwargs)
+    return session.resolve_sink(**kwargs)
 
 
 def test_log_mode_logs_and_never_stops(caplog):
@@ -96,7 +97,7 @@ def test_explicit_sink_is_the_callers(monkeypatch):
 
 def test_sink_and_url_together_are_refused():
     with pytest.raises(ValueError, match="FanoutSink"):
-        _open(sink=MemorySink(), url="http://127.0.0.1:9")
+        MonitoredRun("http://127.0.0.1:9", sink=MemorySink())
 
 
 def test_no_collector_means_a_null_sink(monkeypatch, caplog):

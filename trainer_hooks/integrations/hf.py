@@ -25,9 +25,8 @@ boundary; under DDP/Accelerate rank 0's decision is broadcast so every rank stop
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,10 +39,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "(transformers and accelerate)"
     ) from e
 
-from trainer_hooks.hooks import attach
 from trainer_hooks.integrations import session
-
-log = logging.getLogger("stabmon.integrations")
+from trainer_hooks.integrations.run import MonitoredRun
 
 
 def training_config(args: Any, model: torch.nn.Module) -> dict[str, Any]:
@@ -61,41 +58,15 @@ def training_config(args: Any, model: torch.nn.Module) -> dict[str, Any]:
 class StabmonCallback(TrainerCallback):
     """Stream stabmon statistics from a ``transformers.Trainer`` run (see the module docstring).
 
-    ``url``/``token`` default to ``$STABMON_URL``/``$STABMON_TOKEN``; ``sink`` replaces the
-    collector client by any sink (it is then the caller's to close). ``every=N`` records every
-    N-th optimizer step. ``on_alert`` is ``"log"``, ``"stop"`` or a callable taking each alert;
-    ``stop_on`` the severities that ``"stop"`` acts on; ``client_options`` go to the
-    `Client` (``spool_dir=``, ``flush_interval_s=``, ...). ``attach_options`` go to
-    ``trainer_hooks.hooks.attach`` (``sites=``, ``logits=``, ``reduce=``, ...).
+    ``StabmonCallback()`` reads the collector from ``$STABMON_URL``/``$STABMON_TOKEN``. The
+    options (``url``, ``token``, ``every``, ``on_alert``, ``sink``, ``run_name``, ``project``,
+    ``run_id``, ``stop_on``, ``client_options``, and ``attach`` keywords such as ``sites=``) are
+    those of :class:`~trainer_hooks.integrations.run.MonitoredRun`.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        token: str | None = None,
-        *,
-        every: int = 1,
-        on_alert: str | Callable[[Any], Any] | None = "log",
-        sink: Any = None,
-        run_name: str | None = None,
-        project: str | None = None,
-        run_id: str | None = None,
-        stop_on: Iterable[str] = ("critical",),
-        client_options: Mapping[str, Any] | None = None,
-        **attach_options: Any,
-    ) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
-        self.url, self.token, self.sink = url, token, sink
-        self.every = every
-        self.run_name, self.project, self.run_id = run_name, project, run_id
-        self.alerts = session.AlertSwitch(on_alert, stop_on)
-        self.client_options = dict(client_options or {})
-        self.attach_options = attach_options
-        self.monitor = None
-        self.stopped_at: int | None = None
-        self._sink: Any = None
-        self._owned = False
+    def __init__(self, url: str | None = None, token: str | None = None, **options: Any) -> None:
+        self.run = MonitoredRun.from_options(url, token, **options)
+        self.alerts = self.run.alerts
         self._loss_hook: Any = None
         self._losses: list[tuple[torch.Tensor, bool]] = []
         self._pending: dict[str, Any] | None = None
@@ -104,38 +75,28 @@ class StabmonCallback(TrainerCallback):
         self._lr: float | None = None
         self._failed = False
 
+    @property
+    def monitor(self):
+        return self.run.monitor
+
+    @property
+    def stopped_at(self) -> int | None:
+        return self.run.stopped_at
+
     # -- lifecycle -----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is None:
             raise ValueError("StabmonCallback: the Trainer passed no model to on_train_begin")
-        if self.monitor is not None:  # a second trainer.train() on the same callback
-            self._teardown(status=None)
+        self._remove_loss_hook()
         self._failed = False
-        self.alerts.reset()
-        self.stopped_at = None
-        run_name = self.run_name or args.run_name or os.path.basename(os.path.normpath(args.output_dir))
-        options = {"reduce": session.distributed(), **self.attach_options}
-        self._sink, self._owned = session.open_sink(
-            url=self.url,
-            token=self.token,
-            sink=self.sink,
-            run_name=run_name or "hf-trainer",
-            project=self.project,
-            config=training_config(args, model),
-            run_id=self.run_id,
-            alert_switch=self.alerts,
-            reduce=options["reduce"],
-            client_options=self.client_options,
-        )
+        self._pending = None
         # Records are numbered like the Trainer's logs: step k is the k-th optimizer update.
-        try:
-            self.monitor = attach(
-                model, sink=self._sink, every=self.every, start_step=state.global_step + 1, **options
-            )
-        except Exception:
-            session.release_sink(self._sink, self._owned, status=None)
-            self._sink = None
-            raise
+        self.run.start(
+            model,
+            name=args.run_name or os.path.basename(os.path.normpath(args.output_dir)) or "hf-trainer",
+            config=training_config(args, model),
+            start_step=state.global_step + 1,
+        )
         self._loss_hook = model.register_forward_hook(self._capture_loss, with_kwargs=True)
         self._scale = args.world_size if (args.average_tokens_across_devices and args.world_size > 1) else 1
 
@@ -153,22 +114,15 @@ class StabmonCallback(TrainerCallback):
 
     @session.guarded
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
-        if (state.global_step + 1) % self.every:
+        if not self.run.records(state.global_step + 1):
             return
         self._grad_norm = session.grad_norm(model.parameters()) if model is not None else None
         self._lr = session.current_lr(optimizer)
 
     def on_step_end(self, args, state, control, **kwargs):
         self._close_step(state.global_step)
-        # Every rank takes part in the broadcast at every step, so all of them stop together.
-        if session.agree(self.alerts.stop_requested):
-            self.stopped_at = state.global_step
-            if state.is_world_process_zero:
-                log.warning(
-                    "stabmon: stopping training at step %d after alert %s",
-                    state.global_step,
-                    self.alerts.reason,
-                )
+        # Every rank takes part in the handshake at every step, so all of them stop together.
+        if self.run.stop_agreed(state.global_step):
             control.should_save = True
             control.should_training_stop = True
 
@@ -177,7 +131,7 @@ class StabmonCallback(TrainerCallback):
         # The record is handed to the monitor at the next step boundary, after on_log, so the
         # Trainer's pre-clip grad_norm can replace ours on the steps it logs.
         self._pending = {}
-        if step % self.every:
+        if not self.run.records(step):
             return  # the monitor still counts the step; its hooks were off
         values = {"loss": self._step_loss(), "lr": self._lr, "grad_norm": self._grad_norm}
         self._pending = {k: v for k, v in values.items() if v is not None}
@@ -200,10 +154,10 @@ class StabmonCallback(TrainerCallback):
 
     @session.guarded
     def _emit(self) -> None:
-        if self._pending is None or self.monitor is None:
+        if self._pending is None or self.run.monitor is None:
             return
         pending, self._pending = self._pending, None
-        self.monitor.step(**pending)
+        self.run.monitor.step(**pending)
 
     @session.guarded
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -211,24 +165,11 @@ class StabmonCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._emit()
-        status = "stopped" if self.stopped_at is not None else "finished"
-        summary = {"global_step": state.global_step}
-        if self.stopped_at is not None:
-            summary.update(stopped_at=self.stopped_at, stop_reason=self.alerts.reason)
-        self._teardown(status=status, summary=summary)
+        self._remove_loss_hook()
+        self.run.finish({"global_step": state.global_step})
 
-    def _teardown(self, status: str | None, summary: dict | None = None) -> None:
-        """Remove every hook and release the sink (closing it only when the callback built it)."""
-        try:
-            if self._loss_hook is not None:
-                self._loss_hook.remove()
-            if self.monitor is not None:
-                self.monitor.remove()
-            if self._sink is not None:
-                session.release_sink(self._sink, self._owned, status, summary)
-        except Exception:
-            log.exception("stabmon: releasing the monitor failed")
-        finally:
-            self._loss_hook = self.monitor = self._sink = None
-            self._pending = None
-            self._losses.clear()
+    def _remove_loss_hook(self) -> None:
+        if self._loss_hook is not None:
+            self._loss_hook.remove()
+            self._loss_hook = None
+        self._losses.clear()

@@ -1,15 +1,16 @@
 """What every framework callback shares: where records go, what an alert does, when ranks stop.
 
 A callback is a thin adapter from a framework's step events to `trainer_hooks.hooks.attach`;
-the decisions that do not depend on the framework live here so the Hugging Face and Lightning
-callbacks cannot drift apart. :func:`open_sink` picks the sink (an explicit one, else a
-collector `Client` from ``url``/``token`` or the ``STABMON_URL``/``STABMON_TOKEN`` environment,
-else a `NullSink`), building the client on rank 0 only when records are reduced across ranks
-so a job registers one run, not one per process. :class:`AlertSwitch` turns ``on_alert`` ("log",
-"stop" or a callable) into the client's alert callback plus a thread-safe stop request: alerts
-arrive on the client's sender thread, the framework acts on the request at its next step
-boundary. :func:`agree` broadcasts rank 0's decision, so under DDP every rank stops at the same
-step. :func:`json_safe` makes a framework's configuration storable as a run's config.
+the decisions that do not depend on the framework live here, and `MonitoredRun` (in
+:mod:`.run`) puts them together, so the Hugging Face and Lightning callbacks cannot drift
+apart. :func:`resolve_sink` picks the sink (an explicit one, else a collector `Client` from
+``url``/``token`` or the ``STABMON_URL``/``STABMON_TOKEN`` environment, else a `NullSink`),
+building the client on rank 0 only when records are reduced across ranks so a job registers
+one run, not one per process. :class:`AlertSwitch` turns ``on_alert`` ("log", "stop" or a
+callable) into the client's alert callback plus a thread-safe stop request: alerts arrive on
+the client's sender thread, the framework acts on the request at its next step boundary.
+:func:`agree` broadcasts rank 0's decision, so under DDP every rank stops at the same step.
+:func:`json_safe` makes a framework's configuration storable as a run's config.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def shared_run_id() -> str:
 # ---------------------------------------------------------------------------
 # Sinks
 # ---------------------------------------------------------------------------
-def open_sink(
+def resolve_sink(
     *,
     url: str | None,
     token: str | None,
@@ -166,18 +167,13 @@ def open_sink(
 ) -> tuple[Any, bool]:
     """The sink a callback writes to and whether the callback owns (and so closes) it.
 
-    An explicit ``sink`` wins (it is the caller's to close) and excludes ``url``; otherwise a
+    An explicit ``sink`` wins (it is the caller's to close); otherwise a
     `Client` for ``url`` (or ``$STABMON_URL``) with ``token`` (or ``$STABMON_TOKEN``); otherwise a
     `NullSink`. With several ranks and ``reduce``, ranks other than 0 get a `NullSink`: the
     reduced record is sent by rank 0 alone. Without ``reduce`` every rank sends its own records
     to the same run (same id on every rank).
     """
     if sink is not None:
-        if url is not None:
-            raise ValueError(
-                "pass either url= (stream to a collector) or sink= (any sink), not both; "
-                "for both, pass sink=FanoutSink(Client(url, ...), other_sink)"
-            )
         return sink, False
     url = url or os.environ.get(URL_ENV) or None
     token = token or os.environ.get(TOKEN_ENV) or None

@@ -4,9 +4,10 @@ Every threshold, window and severity cap is a field documented where it is decla
 overrides them through ``run.config["detector"]`` — nested (``{"loss_spike": {"z_warning": 8}}``)
 or dotted (``{"loss_spike.z_warning": 8}``) — and :meth:`DetectorConfig.from_overrides` rejects
 unknown rules or fields with a ValueError that lists what exists, so a typo never silently
-leaves a default in place. The defaults are calibrated on real runs (see ``bench/``): they are
-scale-free ratios, robust z-scores and absolute attention-logit bounds taken from the
-literature, never numbers fitted to a particular run.
+leaves a default in place. The defaults are scale-free ratios, robust z-scores and absolute
+attention-logit bounds from the literature, checked against real runs of the trainer (stable and
+unstable variants and learning rates; the field notes say what each run showed), never numbers
+fitted to a particular run.
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 
 Growing attention logits make the softmax one-hot; Zhai et al. (2023) call the resulting low
 attention entropy "entropy collapse" and tie it to loss spikes and divergence. Per series
-``layer.{i}.attn.entropy_mean`` the rule takes the run's early baseline (median of
-``baseline_points`` observations after ``burn_in``) and fires when the sustained current value
-(the *largest* of the last ``sustain`` observations: all of them must be low) fell to
-1/``drop_warning`` or 1/``drop_critical`` of it. Healthy training sharpens attention a few
-fold; a collapse is an order of magnitude or more.
+``layer.{i}.attn.entropy_mean`` the rule takes the entropy at initialisation as the baseline
+(median of the first ``baseline_points`` observations: attention starts near-uniform, so this is
+a natural reference, and unstable runs collapse within a few steps) and fires when the sustained
+current value (the *largest* of the last ``sustain`` observations: all of them must be low) fell
+to 1/``drop_warning`` or 1/``drop_critical`` of it. Healthy training sharpens attention a few
+fold (at most 3.4x in the calibration runs); a collapse is an order of magnitude or more.
 """
 
 from __future__ import annotations

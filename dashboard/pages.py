@@ -15,9 +15,11 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
 from dashboard import assets, auth, render
 from dashboard.thresholds import WORTSMAN_DIVERGENCE_LOGIT, thresholds_for
+from monitor.store import NotFound
 
 router = APIRouter(include_in_schema=False)
 
@@ -111,8 +113,6 @@ def run_page(request: Request, run_id: str) -> Response:
     project, early = _session(request)
     if early is not None:
         return early
-    from monitor.store import NotFound
-
     try:
         run = auth.store_of(request).get_run(project.id, run_id)
     except NotFound:
@@ -175,7 +175,8 @@ async def login_submit(request: Request) -> Response:
     form = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
     token = form.get("token", "").strip()
     next_url = auth.safe_next(form.get("next"), _root(request))
-    if auth.resolve(request, token) is None:
+    # The token lookup is a database query: keep it off the event loop.
+    if await run_in_threadpool(auth.resolve, request, token) is None:
         return _login_page(request, INVALID if token else "Enter a token.", next_url=next_url)
     return _trade_token(request, token, next_url)
 

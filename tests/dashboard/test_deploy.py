@@ -295,3 +295,67 @@ def test_entrypoint_bootstraps_a_token_and_serves(tmp_path: Path) -> None:
     )
     rows = [line.split("\t") for line in listing.stdout.splitlines()[1:]]
     assert [r[1] for r in rows] == ["compose"], listing.stdout
+
+
+def test_collector_image_package_carries_the_dashboard(tmp_path: Path) -> None:
+    """Build the wheel the Dockerfile installs, from exactly what it copies: the dashboard's
+    templates and scripts and the migrations must be inside (they are package data of
+    directories without ``__init__.py``), the training side must not, and the server extra
+    must not pull torch."""
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            *sources, dest = line.split()[1:]
+            if dest.startswith("/"):
+                continue  # the entrypoint script, not part of the package
+            for s in sources:
+                path = REPO / s
+                if path.is_dir():
+                    shutil.copytree(path, src / s, ignore=shutil.ignore_patterns("__pycache__"))
+                elif path.exists():
+                    shutil.copy(path, src / s)
+    if not (src / "README.md").exists():
+        (src / "README.md").write_text("# stabmon\n")  # test_every_compose_mount_... reports it
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "w"),
+            ".",
+        ],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (wheel,) = (tmp_path / "w").glob("stabmon-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    for needed in (
+        "dashboard/templates/page.html",
+        "dashboard/templates/run.html",
+        "dashboard/static/run.js",
+        "dashboard/static/common.js",
+        "dashboard/static/stabmon.css",
+        "monitor/api/app.py",
+        "migrations/env.py",
+    ):
+        assert needed in names, needed
+    assert any(n.startswith("migrations/versions/") and n.endswith(".py") for n in names)
+    assert not any(n.startswith("trainer_hooks/") for n in names)
+    server = [
+        ln for ln in metadata.splitlines() if ln.startswith("Requires-Dist:") and 'extra == "server"' in ln
+    ]
+    assert any(ln.startswith("Requires-Dist: plotly") for ln in server)
+    assert not any("torch" in ln for ln in server)

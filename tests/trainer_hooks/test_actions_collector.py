@@ -1,0 +1,81 @@
+"""The closed loop through the real collector: `run_monitored` streams a diverging tiny run to a
+`stabmon serve` process, the collector's detector raises the alerts, they come back in ingest
+answers, the policy rolls back on the training thread, and the run is closed with its status
+and the policy's summary. Also: `stop` closes the run as ``stopped``."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from stabmon.demo import start_collector
+from trainer_hooks.actions import PolicyConfig
+from trainer_hooks.remote import run_monitored
+from trainer_hooks.train import TrainConfig
+
+DIVERGING = dict(
+    variant="baseline", preset="tiny", lr=1.0, warmup=100, steps=150, grad_clip=0.0, eval_every=0
+)
+
+
+@pytest.fixture(scope="module")
+def collector(tmp_path_factory):
+    c = start_collector(tmp_path_factory.mktemp("collector") / "stabmon.db")
+    yield c
+    c.stop()
+
+
+def get(collector, path: str):
+    r = httpx.get(collector.url + path, headers={"Authorization": f"Bearer {collector.token}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_rollback_driven_by_the_collectors_alerts(collector, tmp_path):
+    policy = PolicyConfig(
+        on_critical="rollback", rules=("loss_spike", "grad_spike", "non_finite"), checkpoint_every=10
+    )
+    run = run_monitored(
+        TrainConfig(**DIVERGING),
+        collector=collector.url,
+        token=collector.token,
+        on_alert=policy,
+        spool_dir=tmp_path / "spool",
+        flush_interval_s=0.1,
+    )
+    assert run.policy.rollbacks >= 1, [a["rule"] for a in get(collector, f"/api/v1/runs/{run.run_id}/alerts")]
+    assert not run.result.diverged and run.status == "finished"
+    stored = get(collector, f"/api/v1/runs/{run.run_id}")
+    assert stored["status"] == "finished"
+    summary = stored["summary"]
+    assert summary["diverged"] is False and summary["alert_policy"]["rollbacks"] == run.policy.rollbacks
+    event = summary["alert_policy"]["events"][0]
+    assert event["action"] == "rollback" and event["to_step"] < event["from_step"]
+    assert stored["config"]["alert_policy"]["on_critical"] == "rollback"
+    # Steps keep counting across the rollback: the collector holds every step the job ran.
+    steps_run = DIVERGING["steps"] + sum(
+        e["from_step"] - e["to_step"] for e in summary["alert_policy"]["events"]
+    )
+    assert stored["last_step"] == steps_run - 1
+    print(f"\nremote rollback: {summary['alert_policy']['events']}; final loss {run.result.final_loss:.3f}")
+
+
+def test_stop_closes_the_run_as_stopped(collector, tmp_path):
+    run = run_monitored(
+        TrainConfig(**DIVERGING),
+        collector=collector.url,
+        token=collector.token,
+        on_alert=PolicyConfig(on_critical="stop", rules=("loss_spike", "non_finite"), stop_dir=str(tmp_path)),
+        spool_dir=tmp_path / "spool",
+        flush_interval_s=0.1,
+    )
+    assert run.status == "stopped" and run.result.stopped_by == "callback"
+    assert run.result.steps_run < DIVERGING["steps"]
+    stored = get(collector, f"/api/v1/runs/{run.run_id}")
+    assert stored["status"] == "stopped" and stored["summary"]["alert_policy"]["stopped"] is True
+    assert list(tmp_path.glob("stopped_step_*.pt"))
+
+
+def test_a_policy_needs_a_collector():
+    with pytest.raises(ValueError, match="needs a collector"):
+        run_monitored(TrainConfig(preset="tiny", steps=1), on_alert="rollback")

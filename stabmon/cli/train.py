@@ -52,6 +52,10 @@ def train_cmd(
 
     if checkpoint_every and out is None:
         raise typer.BadParameter("--checkpoint-every needs --out")
+    if data is not None and not data.exists():
+        raise typer.BadParameter(f"--data {data}: no such file or directory")
+    if resume is not None and not resume.is_file():
+        raise typer.BadParameter(f"--resume {resume}: no such checkpoint")
     try:
         cfg = TrainConfig(
             variant=variant,

@@ -227,3 +227,5 @@ def test_cli_rejects_bad_options(corpus):
     assert bad.exit_code != 0 and "unknown variant 'nope'" in bad.output
     bad = runner.invoke(app, ["train", "--preset", "tiny", "--checkpoint-every", "5"])
     assert bad.exit_code != 0 and "--out" in bad.output
+    bad = runner.invoke(app, ["train", "--preset", "tiny", "--data", corpus + ".missing"])
+    assert bad.exit_code != 0 and "no such file" in bad.output

@@ -73,6 +73,46 @@ def measure(model, opt, batch, config: str, steps: int, sync) -> tuple[float, fl
     return wall, cpu
 
 
+def components(device: str, reps: int = 40) -> list[tuple[str, int, float]]:
+    """In-cache cost of each statistic on the ``small`` preset's tensors: ``(name, calls per step,
+    process-CPU ms per call)`` (median of ``reps``). The in-training cost is higher: there the
+    tensors come from memory, not cache."""
+    from trainer_hooks.hooks.stats import entropy_mean, probe_logit_max, token_l2
+
+    cfg, train = preset("small"), preset_defaults("small")
+    B, T, d, nh, L = train.batch_size, cfg.block_size, cfg.n_embd, cfg.n_head, cfg.n_layer
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(B, nh, T, T, generator=gen).to(device)
+    z = z.masked_fill(torch.ones(T, T, dtype=torch.bool, device=device).triu(1), float("-inf"))
+    p = torch.softmax(z, dim=-1)
+    model = GPT(cfg).to(device)
+    for prm in model.parameters():
+        prm.grad = torch.randn_like(prm)
+    grads = [prm.grad for prm in model.parameters()]
+    x1, x3, x4 = (torch.randn(B, T, k * d, generator=gen).to(device) for k in (1, 3, 4))
+    cases = [
+        ("token_l2 qkv (B*T, 3d)", L, lambda: token_l2(x3)),
+        ("token_l2 proj/fc2 (B*T, d)", 2 * L, lambda: token_l2(x1)),
+        ("token_l2 fc1 (B*T, 4d)", L, lambda: token_l2(x4)),
+        ("probe_logit_max (B, nh, T, T)", L, lambda: probe_logit_max(z)),
+        ("entropy_mean (B, nh, T, T)", L, lambda: entropy_mean(p)),
+        ("grad norm (all parameters)", 1, lambda: torch.nn.utils.get_total_norm(grads, 2.0, False)),
+    ]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    out = []
+    for name, calls, fn in cases:
+        fn()
+        ts = []
+        for _ in range(reps):
+            sync()
+            c0 = time.process_time() if device == "cpu" else time.perf_counter()
+            fn()
+            sync()
+            ts.append((time.process_time() if device == "cpu" else time.perf_counter()) - c0)
+        out.append((name, calls, statistics.median(ts) * 1e3))
+    return out
+
+
 def run(rounds: int, steps: int, device: str) -> dict[str, dict[str, list[float]]]:
     """``{"wall"|"cpu": {config: [seconds per step, one per round]}}``."""
     torch.manual_seed(0)
@@ -103,7 +143,12 @@ def run(rounds: int, steps: int, device: str) -> dict[str, dict[str, list[float]
     return times
 
 
-def section(times: dict[str, dict[str, list[float]]], args: argparse.Namespace, device: str) -> str:
+def section(
+    times: dict[str, dict[str, list[float]]],
+    comps: list[tuple[str, int, float]],
+    args: argparse.Namespace,
+    device: str,
+) -> str:
     # On a CPU shared with other jobs, wall time mostly measures the neighbours; the process's
     # CPU time (one intra-op thread) is the cost of the work itself. On CUDA, wall time (synced).
     primary = "cpu" if device == "cpu" else "wall"
@@ -167,7 +212,18 @@ def section(times: dict[str, dict[str, list[float]]], args: argparse.Namespace, 
         f" {hook_cost * 1e3:+.1f} ms/step: {dominant} dominates.",
         "- Differences within the min..max spread are noise.",
         "",
+        "Per-statistic cost in isolation (tensors in cache, median of repeats), for comparison with the"
+        " in-training differences above:",
+        "",
+        "| statistic | calls/step | ms/call | ms/step | % of a no-hooks step |",
+        "|---|---:|---:|---:|---:|",
     ]
+    for name, calls, ms in comps:
+        lines.append(
+            f"| {name} | {calls} | {ms:.3f} | {calls * ms:.2f} | {calls * ms / (base * 1e3) * 100:.2f}% |"
+        )
+    total = sum(calls * ms for _, calls, ms in comps)
+    lines += [f"| total | | | {total:.2f} | {total / (base * 1e3) * 100:.2f}% |", ""]
     return "\n".join(lines)
 
 
@@ -194,7 +250,7 @@ def main() -> None:
         p.error("--steps must be a multiple of 10 so that every=10 emits its fair share")
     torch.set_num_threads(args.threads)
     times = run(args.rounds, args.steps, args.device)
-    text = section(times, args, args.device)
+    text = section(times, components(args.device), args, args.device)
     print("\n" + text)
     if not args.no_write:
         write_section(text)

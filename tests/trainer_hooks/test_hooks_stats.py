@@ -194,3 +194,22 @@ def test_probe_statistics_edge_cases():
     assert entropy_mean(p).item() == pytest.approx(expected, rel=1e-6)
     assert entropy_mean(torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]])).item() == pytest.approx(math.log(2) / 2)
     assert math.isnan(entropy_mean(torch.where(p == p.max(), math.nan, p)).item())
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 300.0])
+@pytest.mark.parametrize("capped", [False, True])
+def test_entropy_from_logits_equals_the_direct_formula(scale, capped):
+    from trainer_hooks.attention import SoftCap
+    from trainer_hooks.hooks.stats import entropy_from_logits, probe_logit_rows
+
+    T = 24
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    z = (torch.randn(2, 3, T, T, generator=torch.Generator().manual_seed(0)) * scale).masked_fill(
+        future, -math.inf
+    )
+    cap = SoftCap(50.0) if capped else None
+    p = torch.softmax(z if cap is None else cap(z).masked_fill(future, -math.inf), dim=-1)
+    logit_max, z0, row_max = probe_logit_rows(z)
+    assert logit_max.item() == pytest.approx(z[~future.expand_as(z)].abs().max().item())
+    expected = torch.special.entr(p.double()).sum(-1).mean().item()
+    assert entropy_from_logits(p, z0, row_max, cap).item() == pytest.approx(expected, rel=1e-5, abs=1e-6)

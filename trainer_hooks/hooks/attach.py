@@ -99,6 +99,12 @@ def build_plan(
             if not logits:
                 continue
             sp.attn = "probe" if ref.site == "logit_probe" else "entropy"
+            # stabmon's attention calls logit_probe then prob_probe: without a cap, the entropy
+            # comes from those logits without a log per entry (~2x cheaper on CPU). With a cap,
+            # the extra tanh pass costs more than the log it saves, so the direct formula is used.
+            uncapped = isinstance(getattr(attn, "logit_cap", None), nn.Identity)
+            if {"logit_probe", "prob_probe"} <= layer_sites.keys() and uncapped:
+                sp.paired = ref.site == "logit_probe"
             if attn is not None and hasattr(attn, "record_attention"):
                 attn_name = name.rsplit(".", 1)[0]
                 if attn_name not in plan.record_attention:

@@ -30,10 +30,12 @@ from .accumulate import HostTransfer, StepAccumulator
 from .discovery import SiteRef
 from .distributed import rank_and_world, reduce_step
 from .stats import (
+    entropy_from_logits,
     entropy_mean,
     fused_qkv_logit_max,
     head_norm_max,
     probe_logit_max,
+    probe_logit_rows,
     rotary_logit_bound,
     token_l2,
 )
@@ -65,6 +67,9 @@ class SitePlan:
     """Per-head width of a q or k output (``q``/``k``)."""
     scale: float | None = None
     """Logit scale (``fused``, ``q``/``k``); None means 1/sqrt(head size)."""
+    paired: bool = False
+    """``probe``: the layer's probability probe reuses this probe's (uncapped) logits for the
+    entropy (:func:`~.stats.entropy_from_logits`)."""
 
 
 @dataclass
@@ -105,6 +110,7 @@ class Monitor:
         self._handles: list[Any] = []
         self._broken: set[str] = set()
         self._qk: dict[int, dict[str, torch.Tensor]] = {}  # layer -> pending per-head q/k maxima
+        self._logits: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (z0, row max)
         self._hook_grad_norm: torch.Tensor | None = None
         self._sink_failed = False
         self._restore: list[tuple[nn.Module, Any]] = []
@@ -141,7 +147,15 @@ class Monitor:
         acc = self._acc
         reg = acc.register
         compute: Callable[[torch.Tensor], None]
-        if sp.attn == "probe":
+        if sp.attn == "probe" and sp.paired:
+            ids = (reg(f"layer.{layer}.attn.logit_max"),)
+
+            def compute(x: torch.Tensor) -> None:
+                logit_max, z0, row_max = probe_logit_rows(x)
+                acc.add(ids, logit_max.reshape(1))
+                self._logits[layer] = (z0, row_max)  # for the probability probe, called next
+
+        elif sp.attn == "probe":
             ids = (reg(f"layer.{layer}.attn.logit_max"),)
 
             def compute(x: torch.Tensor) -> None:
@@ -151,7 +165,11 @@ class Monitor:
             ids = (reg(f"layer.{layer}.attn.entropy_mean"),)
 
             def compute(x: torch.Tensor) -> None:
-                acc.add(ids, entropy_mean(x).reshape(1))
+                logits = self._logits.pop(layer, None)
+                if logits is None:
+                    acc.add(ids, entropy_mean(x).reshape(1))
+                else:
+                    acc.add(ids, entropy_from_logits(x, *logits, None).reshape(1))
 
         elif sp.attn == "fused":
             ids = (
@@ -268,6 +286,7 @@ class Monitor:
         else:
             self._acc.clear()
         self._qk.clear()
+        self._logits.clear()
         self._hook_grad_norm = None
         self._step += 1
         self._recording = self._step % self.every == 0

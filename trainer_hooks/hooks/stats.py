@@ -11,6 +11,7 @@ check against a direct computation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -70,6 +71,41 @@ def probe_logit_max(z: torch.Tensor) -> torch.Tensor:
     z = _f32(z)
     lowest = torch.nan_to_num(z, nan=math.nan, posinf=math.inf, neginf=0.0).amin()
     return torch.maximum(z.amax(), -lowest)
+
+
+@torch.no_grad()
+def probe_logit_rows(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`probe_logit_max` plus what :func:`entropy_from_logits` reuses.
+
+    Returns ``(logit max (0-d), z0 = z with -inf read as 0 (B, nh, T, T), row max of z (B, nh, T))``.
+    """
+    z = _f32(z)
+    z0 = torch.nan_to_num(z, nan=math.nan, posinf=math.inf, neginf=0.0)
+    row_max = z.amax(dim=-1)  # (B, nh, T)
+    return torch.maximum(row_max.amax(), -z0.amin()), z0, row_max
+
+
+@torch.no_grad()
+def entropy_from_logits(
+    p: torch.Tensor,
+    z0: torch.Tensor,
+    row_max: torch.Tensor,
+    cap: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
+    """Mean attention entropy from the probabilities and the pre-cap logits, without a log per entry.
+
+    With ``zc = cap(z)`` the logits the softmax saw, ``log p_ij = zc_ij - lse_i``, so
+    ``H_i = lse_i - sum_j p_ij zc_ij``; and at the row's largest entry (never tiny: >= 1/T)
+    ``lse_i = max_j zc_ij - log max_j p_ij``, where ``max_j zc_ij = cap(max_j z_ij)`` because a cap
+    is increasing. Masked entries have ``p = 0`` and ``z0 = cap(0) = 0``: they contribute nothing.
+    ``cap`` is None (no cap) or an increasing function with ``cap(0) = 0`` (``c tanh(z / c)``).
+    Costs one multiply-add pass over (B, nh, T, T) (plus one ``cap`` pass if capped) instead of a
+    ``log`` per entry. Returns a 0-d tensor.
+    """
+    p = _f32(p)
+    zc0, zc_max = (z0, row_max) if cap is None else (cap(z0), cap(row_max))
+    h = zc_max - p.amax(dim=-1).log() - torch.linalg.vecdot(p, zc0)  # (B, nh, T)
+    return h.mean()
 
 
 @torch.no_grad()

@@ -384,14 +384,22 @@
     state.alerts = Array.isArray(alerts) ? alerts : alerts.items || [];
     // New series (val_loss appearing at the first evaluation, say): re-read the key list now
     // and then, and when the run ends.
-    if (state.polls % 10 === 0 || run.status !== "running") {
+    if (state.polls % 10 === 0 || run.status !== "running" || !state.wanted.length) {
       const keys = keyList(await SM.api(base + "/keys"));
       if (keys.length !== state.keys.length) {
         state.keys = keys;
         const wanted = chooseKeys(keys);
         const fresh = wanted.filter((k) => !state.wanted.includes(k));
         state.wanted = wanted;
-        if (fresh.length) Object.assign(state.series, await SM.fetchSeries(runId, fresh, { max_points: MAX_POINTS }));
+        if (fresh.length) {
+          // Up to the step the other series are at, so one `from` keeps serving them all
+          // (with no data yet, every wanted key is fresh and this is the whole load).
+          const params = { max_points: MAX_POINTS };
+          if (state.last >= 0) params.to = state.last;
+          const add = await SM.fetchSeries(runId, fresh, params);
+          Object.assign(state.series, add);
+          if (state.last < 0) state.last = SM.lastStep(add);
+        }
       }
     }
     if (run.last_step !== null && run.last_step > state.last && state.wanted.length) {

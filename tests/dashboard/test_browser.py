@@ -129,14 +129,17 @@ def test_live_points_appear_without_reload(page, seeded, artifacts) -> None:  # 
     shape = RunShape(steps=400, layers=3, diverge_at=None, seed=7)
     with seeded.collector.client() as c:
         rid = create_run(c, "live-qkv_norm", {"variant": "qkv_norm", "lr": 3e-3, "preset": "tiny"})
-        ingest(c, rid, shape, 0, 120)
+        # Opened before the job sent anything: empty plots, then the first points arrive.
         open_page(page, f"{seeded.collector.url}/runs/{rid}")
-        last_x = (
-            "(() => { const x = document.getElementById('plot-loss').data[0].x; return x[x.length - 1]; })()"
-        )
-        assert page.evaluate(last_x) == 119
-        assert "live" in page.inner_text("#live")
+        assert "No loss recorded yet" in page.inner_text("#plot-loss")
         page.evaluate("window.__marker = 'same page'")
+        ingest(c, rid, shape, 0, 120)
+        last_x = (
+            "(() => { const el = document.getElementById('plot-loss');"
+            " if (!el.data) return null; const x = el.data[0].x; return x[x.length - 1]; })()"
+        )
+        wait_js(page, f"{last_x} === 119", timeout=30)
+        assert "live" in page.inner_text("#live")
         ingest(c, rid, shape, 120, 180)
         wait_js(page, f"{last_x} === 179", timeout=30)
     # The same document (no reload), every plot extended.

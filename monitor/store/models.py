@@ -107,6 +107,27 @@ points = Table(
     sqlite_with_rowid=False,
 )
 
+# Per-series summaries of fixed ROLLUP_STEPS-step chunks (chunk = step // ROLLUP_STEPS), kept
+# exact at ingest by re-aggregating every chunk a batch touches. Downsampled series queries
+# read these instead of the points (1/ROLLUP_STEPS of the rows). Aggregates are over the
+# non-NaN values; n_nan counts the NaNs; the value at last_step is read from ``points``.
+ROLLUP_STEPS = 16
+rollups = Table(
+    "rollups",
+    metadata,
+    Column("series_id", BigId, ForeignKey("series.id", ondelete="CASCADE"), nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("chunk", BigInteger, nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("n_nan", Integer, nullable=False),
+    Column("vmin", Float(precision=53), nullable=True),
+    Column("vmax", Float(precision=53), nullable=True),
+    Column("vsum", Float(precision=53), nullable=True),
+    Column("last_step", BigInteger, nullable=False),
+    PrimaryKeyConstraint("series_id", "rank", "chunk", name="pk_rollups"),
+    sqlite_with_rowid=False,
+)
+
 latest = Table(
     "latest",
     metadata,
@@ -166,4 +187,4 @@ run_state = Table(
 )
 
 # Used by tests and `truncate`: children before parents.
-ALL_TABLES = (run_state, alerts, ingest_batches, latest, points, series, runs, tokens, projects)
+ALL_TABLES = (run_state, alerts, ingest_batches, latest, rollups, points, series, runs, tokens, projects)

@@ -64,6 +64,29 @@ _PG_UPSERT_LATEST = (
     "ON CONFLICT (series_id) DO UPDATE SET rank = excluded.rank, step = excluded.step, "
     "value = excluded.value WHERE excluded.step >= latest.step"
 )
+_ROLLUP_SET = (
+    "ON CONFLICT (series_id, rank, chunk) DO UPDATE SET n = excluded.n, n_nan = excluded.n_nan, "
+    "vmin = excluded.vmin, vmax = excluded.vmax, vsum = excluded.vsum, last_step = excluded.last_step"
+)
+_ROLLUP_SELECT = (
+    "INSERT INTO rollups (series_id, rank, chunk, n, n_nan, vmin, vmax, vsum, last_step) "
+    "SELECT series_id, rank, step / {c}, count(*), count(*) - count({v}), "
+    "min({v}), max({v}), sum({v}), max(step) "
+    "FROM points WHERE series_id {ids} AND rank = {p} AND step >= {p} AND step <= {p} "
+    "GROUP BY series_id, rank, step / {c} "
+)
+_PG_ROLLUP = (
+    _ROLLUP_SELECT.format(
+        c=m.ROLLUP_STEPS,
+        v="NULLIF(value, CAST('NaN' AS double precision))",
+        ids="= ANY(%s::bigint[])",
+        p="%s",
+    )
+    + _ROLLUP_SET
+)
+_SQLITE_ROLLUP = _ROLLUP_SELECT.format(c=m.ROLLUP_STEPS, v="value", ids="IN ({ids})", p="?") + _ROLLUP_SET
+_ROLLUP_IDS_PER_STATEMENT = 500
+
 _SQLITE_UPSERT_POINTS = (
     "INSERT INTO points (series_id, rank, step, value) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (series_id, rank, step) DO UPDATE SET value = excluded.value"
@@ -109,6 +132,7 @@ class PointsMixin:
             if flat:
                 ids = self._series_ids(conn, run_id, {k for k, _, _ in flat})
                 self._insert_values(conn, ids, flat)
+                self._update_rollups(conn, sorted(set(ids.values())), flat)
                 max_step = max(s for _, _, s in flat)
                 conn.execute(
                     m.runs.update()
@@ -167,6 +191,28 @@ class PointsMixin:
             for stmt, data in ((_PG_UPSERT_POINTS, rows), (_PG_UPSERT_LATEST, lrows)):
                 cols = [list(c) for c in zip(*data, strict=True)]
                 cur.execute(stmt, cols, binary=True)
+
+    def _update_rollups(
+        self, conn: Connection, sids: list[int], flat: dict[tuple[str, int, int], float | int | str]
+    ) -> None:
+        """Re-aggregate every ROLLUP_STEPS-step chunk the batch touched, from the points
+        themselves, so overwritten values never leave a stale summary."""
+        extent: dict[int, tuple[int, int]] = {}  # rank -> (min step, max step)
+        for _, rank, step in flat:
+            lo_hi = extent.get(rank)
+            extent[rank] = (step, step) if lo_hi is None else (min(lo_hi[0], step), max(lo_hi[1], step))
+        pg = conn.dialect.name == "postgresql"
+        sql = _PG_ROLLUP if pg else _SQLITE_ROLLUP
+        c = m.ROLLUP_STEPS
+        for rank, (lo, hi) in extent.items():
+            lo, hi = (lo // c) * c, (hi // c) * c + c - 1
+            for i in range(0, len(sids), _ROLLUP_IDS_PER_STATEMENT):
+                part = sids[i : i + _ROLLUP_IDS_PER_STATEMENT]
+                if pg:
+                    with conn.connection.driver_connection.cursor() as cur:
+                        cur.execute(sql, (part, rank, lo, hi), binary=True)
+                else:
+                    conn.exec_driver_sql(sql.format(ids=",".join("?" * len(part))), (*part, rank, lo, hi))
 
     # -- reads ---------------------------------------------------------------------------
     def keys(self, project_id: int, run_id: str) -> list[SeriesInfo]:

@@ -7,6 +7,8 @@ import random
 
 import pytest
 
+from monitor.store.models import ROLLUP_STEPS
+
 
 def reference(values: dict[int, float], lo: int, hi: int, width: int):  # noqa: ANN201
     """Per bucket: (last step, min, max, mean, last, count, nan_count) over non-NaN values."""
@@ -59,14 +61,19 @@ def spiky(api):  # noqa: ANN201
     return values
 
 
-@pytest.mark.parametrize("max_points", [1, 7, 100, 5000])
+@pytest.mark.parametrize("max_points", [1, 7, 75, 100, 5000])
 def test_downsampling_matches_reference_and_keeps_the_spike(api, spiky, max_points):
     r = api.client.get(f"/api/v1/runs/r/series?keys=x&max_points={max_points}", headers=api.headers).json()
     lo, hi = min(spiky), max(spiky)
     width = max(1, math.ceil((hi - lo + 1) / max_points))
-    assert (r["from"], r["to"], r["bucket_width"], r["downsampled"]) == (lo, hi, width, width > 1)
+    if width < ROLLUP_STEPS:  # exact range and width
+        assert (r["from"], r["to"], r["bucket_width"]) == (lo, hi, width)
+    else:  # whole 16-step chunks: range aligned outward, width a multiple of 16
+        assert r["from"] == lo - lo % ROLLUP_STEPS and r["to"] >= hi and (r["to"] + 1) % ROLLUP_STEPS == 0
+        assert r["bucket_width"] >= width and r["bucket_width"] % ROLLUP_STEPS == 0
+    assert r["downsampled"] == (r["bucket_width"] > 1)
     got = r["series"]["x"]
-    ref = reference(spiky, lo, hi, width)
+    ref = reference(spiky, r["from"], r["to"], r["bucket_width"])
     assert len(got["step"]) == len(ref) <= max_points
     for i, (step, mn, mx, mean, last, n, n_nan) in enumerate(ref):
         assert got["step"][i] == step
@@ -78,6 +85,17 @@ def test_downsampling_matches_reference_and_keeps_the_spike(api, spiky, max_poin
     if max_points >= 7:  # with fewer buckets the spike shares one with the inf, which is larger
         assert 1e6 in [decode(v) for v in got["max"]]
     assert sum(got["nan_count"]) == 2
+
+
+@pytest.mark.parametrize("max_points", [3, 40])  # rollups, then points
+def test_overwritten_values_update_the_summaries(api, max_points):
+    api.create_run("r")
+    api.post_points("r", "b1", [{"step": s, "values": {"x": 1.0}} for s in range(100)])
+    api.post_points("r", "b2", [{"step": 50, "values": {"x": 9.0}}, {"step": 51, "values": {"x": "nan"}}])
+    got = api.client.get(f"/api/v1/runs/r/series?keys=x&max_points={max_points}", headers=api.headers).json()
+    x = got["series"]["x"]
+    assert sum(x["count"]) == 100 and sum(x["nan_count"]) == 1
+    assert max(x["max"]) == 9.0 and min(x["min"]) == 1.0
 
 
 def test_step_range_limits_the_query(api, spiky):

@@ -75,3 +75,24 @@ def test_default_start_up_policy_per_backend():
     assert not Settings(db="postgresql+psycopg://u@h/d").should_migrate_on_start
     with pytest.raises(ValueError, match="STABMON_DB"):
         Settings(db="mysql://u@h/d")
+
+
+def test_rollups_migration_summarises_existing_points(fresh_url):
+    from monitor.store import Store
+    from stabmon.wire import Point, RunCreate
+
+    migrate.upgrade(fresh_url)
+    store = Store(fresh_url)
+    try:
+        pid = store.ensure_project("p")
+        store.create_run(pid, RunCreate(id="r", name="r"))
+        vals = [float(s % 7) for s in range(200)]
+        vals[33] = 1e9
+        store.write_points(pid, "r", "b", [Point(step=s, values={"x": v}) for s, v in enumerate(vals)])
+        before = store.series(pid, "r", ["x"], max_points=5).series["x"]
+        migrate.downgrade(fresh_url, "0002")
+        migrate.upgrade(fresh_url)
+        after = store.series(pid, "r", ["x"], max_points=5).series["x"]
+        assert after == before and 1e9 in after.max and sum(after.count) == 200
+    finally:
+        store.dispose()

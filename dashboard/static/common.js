@@ -228,7 +228,8 @@
       font: { family: "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size: 12, color: "#1d2433" },
       paper_bgcolor: "#ffffff", plot_bgcolor: "#ffffff",
       hovermode: "x unified",
-      legend: { orientation: "h", y: -0.22, x: 0 },
+      // Below the x-axis title, not on it.
+      legend: { orientation: "h", x: 0, y: -0.3, yanchor: "top" },
       xaxis: { title: { text: "step" }, gridcolor: "#eef0f3", zeroline: false },
       yaxis: { gridcolor: "#eef0f3", zeroline: false },
       colorway: COLORS,

@@ -27,10 +27,11 @@
     return { steps, values: steps.map((k) => m.get(k)) };
   }
 
-  function label(r) {
+  // The legend names the run; variant and LR are in the table above and in the hover text.
+  function label(r) { return r.name; }
+  function detail(r) {
     const c = r.config || {};
-    const bits = [c.variant, c.lr !== undefined ? "lr " + SM.fmt(c.lr) : null].filter((x) => x !== undefined && x !== null);
-    return r.name + (bits.length ? " (" + bits.join(", ") + ")" : "");
+    return [c.variant, c.lr !== undefined ? "lr " + SM.fmt(c.lr) : null].filter((x) => x !== undefined && x !== null).join(", ");
   }
 
   async function loadRun(id, i) {
@@ -56,7 +57,8 @@
       const s = pick(r);
       if (!s || !s.steps.length) return null;
       return { name: label(r.run), x: s.steps, y: SM.finiteOrNull(s.values).map((v) => (logy && v !== null && v <= 0 ? null : v)),
-        mode: "lines", line: { color: r.color, width: 1.5 } };
+        mode: "lines", line: { color: r.color, width: 1.5 },
+        hovertemplate: "%{y:.4g}<extra>" + SM.esc(label(r.run)) + (detail(r.run) ? " (" + SM.esc(detail(r.run)) + ")" : "") + "</extra>" };
     }).filter(Boolean);
   }
 

@@ -174,7 +174,7 @@ def _sweep_outcome(variant: str, lr: float) -> tuple[str, dict]:
     base = {1e-3: 3.40, 3e-3: 3.25, 1e-2: 3.30}[lr]
     bonus = {"baseline": 0.0, "qk_norm": -0.03, "qk_fc_norm": -0.05, "qkv_norm": -0.04, "qk_norm_cap": -0.06}
     if variant == "baseline" and lr == 1e-2:
-        return "diverged", {"final_loss": "nan", "min_loss": 4.1, "diverged": True, "diverged_at": 412}
+        return "diverged", {"final_loss": "nan", "min_loss": 4.1, "diverged": True, "diverged_at": 35}
     loss = base + bonus[variant] + (0.08 if lr == 1e-2 else 0.0)
     return "finished", {
         "final_loss": loss,

@@ -25,6 +25,9 @@ from trainer_hooks.integrations import session
 
 log = logging.getLogger("stabmon.integrations")
 
+_SET_BY_CALLBACK = {"model", "sink", "every", "start_step", "optimizer"}
+"""``attach`` arguments the callbacks supply themselves (the gradient norm comes from the framework)."""
+
 
 class MonitoredRun:
     """Options, sink, monitor and stop state of one callback (see the module docstring).
@@ -80,14 +83,7 @@ class MonitoredRun:
         built rather than when training starts.
         """
         own = set(inspect.signature(cls).parameters) - {"url", "token", "attach_options"}
-        # The callbacks give attach its model, sink, cadence, numbering and gradient source.
-        for_attach = set(inspect.signature(attach).parameters) - {
-            "model",
-            "sink",
-            "every",
-            "start_step",
-            "optimizer",
-        }
+        for_attach = set(inspect.signature(attach).parameters) - _SET_BY_CALLBACK
         unknown = sorted(set(options) - own - for_attach)
         if unknown:
             raise TypeError(

@@ -134,3 +134,18 @@ def test_options_are_checked_when_the_callback_is_built():
         StabmonCallback(on_alrt="stop")
     callback = StabmonCallback(every=3, logits=False, on_alert="stop", checkpoint_dir="/tmp/x")
     assert callback.run.every == 3 and callback.run.attach_options == {"logits": False}
+
+
+def test_an_exception_in_training_removes_the_hooks(tmp_path):
+    class Exploding(LitGPT):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 2:
+                raise RuntimeError("data loader handed us garbage")
+            return super().training_step(batch, batch_idx)
+
+    module, sink = Exploding(), MemorySink()
+    callback = StabmonCallback(sink=sink)
+    with pytest.raises(RuntimeError, match="garbage"):
+        _fit(module, callback, tmp_path, max_steps=10)
+    assert [r["step"] for r in sink.records] == [1, 2]
+    assert callback.monitor is None and _hooks_left(module) == 0

@@ -10,14 +10,15 @@ Three loops on CPU, each with the same model shape (the ``small`` preset's: d=12
   adds ``StabmonCallback``.
 
 Each measurement is one short run; the time per step is the median interval between
-consecutive step ends (framework set-up and the first ``--warmup`` steps excluded). The six
+consecutive step ends (framework set-up and the first ``--warmup`` steps excluded). Records go
+to a ``MemorySink``; with ``--url``/``--token`` each framework is also measured with a real
+collector ``Client`` (its batching and sending threads share the CPU with training). The
 configurations are interleaved round-robin with a rotating order, so machine noise and drift
-hit all of them alike; each figure is the median over ``--rounds`` rounds. Records go to a
-``MemorySink`` (``--url``/``--token``: a real collector ``Client`` instead). The lines a user
+hit all of them alike; each figure is the median over ``--rounds`` rounds. The lines a user
 adds are counted from the examples, where every added line carries a ``# stabmon`` comment.
 
 Prints the table and writes the "Integrations overhead" section of docs/benchmarks.md.
-Usage: ``python bench/integrations_overhead.py [--rounds 5] [--steps 20] [--threads 1]``.
+Usage: ``python bench/integrations_overhead.py [--rounds 5] [--steps 20] [--threads 1] [--url URL]``.
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ def random_batches(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, T + 1), generator=g)  # (n, T+1)
 
 
-def make_sink(args):
+def make_sink(mode: str, args):
+    """None without stabmon, a `MemorySink`, or a `Client` streaming to ``args.url``."""
     from trainer_hooks.client import Client, MemorySink, RunInfo
 
-    if args.url:
+    if mode == "client":
         return Client(args.url, token=args.token, run=RunInfo(name="bench-integrations"))
-    return MemorySink()
+    return MemorySink() if mode == "memory" else None
 
 
 def step_times(stamps: list[float], warmup: int) -> float:
@@ -61,7 +63,7 @@ def step_times(stamps: list[float], warmup: int) -> float:
     return statistics.median(gaps)
 
 
-def run_plain(on: bool, args) -> float:
+def run_plain(mode: str, args) -> float:
     from trainer_hooks.config import preset
     from trainer_hooks.hooks import attach
     from trainer_hooks.model import GPT
@@ -70,8 +72,8 @@ def run_plain(on: bool, args) -> float:
     model = GPT(preset("small"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = random_batches(B * (args.steps + args.warmup + 1))
-    sink = make_sink(args) if on else None
-    mon = attach(model, sink=sink) if on else None
+    sink = make_sink(mode, args)
+    mon = attach(model, sink=sink) if sink is not None else None
     stamps = []
     for i in range(args.steps + args.warmup + 1):
         xy = data[i * B : (i + 1) * B]
@@ -89,7 +91,7 @@ def run_plain(on: bool, args) -> float:
     return step_times(stamps, args.warmup)
 
 
-def run_hf(on: bool, args) -> float:
+def run_hf(mode: str, args) -> float:
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
     from trainer_hooks.integrations.hf import StabmonCallback
@@ -107,9 +109,8 @@ def run_hf(on: bool, args) -> float:
     model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=T, n_embd=128, n_layer=4, n_head=4))
     stamps = Stamps()
     callbacks = [stamps]
-    sink = None
-    if on:
-        sink = make_sink(args)
+    sink = make_sink(mode, args)
+    if sink is not None:
         callbacks.append(StabmonCallback(sink=sink))
     with tempfile.TemporaryDirectory() as out:
         training_args = TrainingArguments(
@@ -129,7 +130,7 @@ def run_hf(on: bool, args) -> float:
     return step_times(stamps.stamps, args.warmup)
 
 
-def run_lightning(on: bool, args) -> float:
+def run_lightning(mode: str, args) -> float:
     import lightning as L
 
     from trainer_hooks.config import preset
@@ -156,7 +157,7 @@ def run_lightning(on: bool, args) -> float:
     xy = random_batches(B * (args.steps + args.warmup + 1))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xy[:, :-1], xy[:, 1:]), batch_size=B)
     module = Lit()
-    sink = make_sink(args) if on else None
+    sink = make_sink(mode, args)
     with tempfile.TemporaryDirectory() as out:
         trainer = L.Trainer(
             max_steps=args.steps + args.warmup + 1,
@@ -168,7 +169,7 @@ def run_lightning(on: bool, args) -> float:
             enable_progress_bar=False,
             enable_model_summary=False,
             default_root_dir=out,
-            callbacks=[StabmonCallback(sink=sink)] if on else [],
+            callbacks=[StabmonCallback(sink=sink)] if sink is not None else [],
         )
         trainer.fit(module, loader)
     if sink is not None:
@@ -179,13 +180,17 @@ def run_lightning(on: bool, args) -> float:
 RUNNERS = {"plain": run_plain, "hf": run_hf, "lightning": run_lightning}
 
 
-def measure(args) -> dict[tuple[str, bool], list[float]]:
-    configs = [(f, on) for f in FRAMEWORKS for on in (False, True)]
-    times: dict[tuple[str, bool], list[float]] = {c: [] for c in configs}
+def modes(args) -> tuple[str, ...]:
+    return ("off", "memory", "client") if args.url else ("off", "memory")
+
+
+def measure(args) -> dict[tuple[str, str], list[float]]:
+    configs = [(f, m) for f in FRAMEWORKS for m in modes(args)]
+    times: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
     for r in range(args.rounds):
         order = configs[r % len(configs) :] + configs[: r % len(configs)]
-        for framework, on in order:
-            times[(framework, on)].append(RUNNERS[framework](on, args))
+        for framework, mode in order:
+            times[(framework, mode)].append(RUNNERS[framework](mode, args))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     return times
 
@@ -208,35 +213,43 @@ def section(times, args) -> str:
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         load = "n/a"
-    sink = "a collector `Client`" if args.url else "a `MemorySink`"
     labels = {
         "plain": "plain PyTorch loop (`attach` + `mon.step`)",
         "hf": "Hugging Face `Trainer` (`StabmonCallback`)",
         "lightning": "Lightning `Trainer` (`StabmonCallback`)",
     }
+    sinks = {"memory": "`MemorySink`", "client": "`Client` to a local collector"}
+    with_modes = modes(args)[1:]
+    n_configs = len(FRAMEWORKS) * len(modes(args))
+    header = "| integration | lines added (imports + code) | ms/step without |"
+    rule = "|---|---:|---:|"
+    for m in with_modes:
+        header += f" ms/step with, {sinks[m]} | overhead | spread (min..max / median) |"
+        rule += "---:|---:|---:|"
     out = [
         "## Integrations overhead",
         "",
         f"`python bench/integrations_overhead.py --rounds {args.rounds} --steps {args.steps}"
-        f" --threads {args.threads}` on {platform.machine()} ({os.cpu_count()} cores, load average"
-        f" {load} at the end), torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), CPU.",
+        f" --threads {args.threads}{' --url URL' if args.url else ''}` on {platform.machine()}"
+        f" ({os.cpu_count()} cores, load average {load} at the end), torch {torch.__version__},"
+        f" {torch.get_num_threads()} intra-op thread(s), CPU.",
         f"Model shape of the `small` preset in every framework (d=128, 4 layers, 4 heads, T={T}, batch {B});"
-        f" records to {sink}, every=1, all sites with attention-logit statistics. Time per step: median"
-        f" interval between step ends over {args.steps} steps after {args.warmup} warm-up steps; each figure"
-        " is the median over rounds, the six configurations interleaved round-robin with a rotating order.",
+        " every=1, all sites with attention-logit statistics. Time per step: median interval between step"
+        f" ends over {args.steps} steps after {args.warmup} warm-up steps; each figure is the median over"
+        f" rounds, the {n_configs} configurations interleaved round-robin with a rotating order.",
         "",
-        "| integration | lines added (imports + code) | ms/step without | ms/step with | overhead"
-        " | spread with (min..max / median) |",
-        "|---|---:|---:|---:|---:|---:|",
+        header,
+        rule,
     ]
     for f in FRAMEWORKS:
-        off, on = med[(f, False)], med[(f, True)]
+        off = med[(f, "off")]
         imports, code = lines_added[f]
-        lo, hi = min(times[(f, True)]) / on, max(times[(f, True)]) / on
-        out.append(
-            f"| {labels[f]} | {imports} + {code} | {off * 1e3:.1f} | {on * 1e3:.1f} |"
-            f" {(on / off - 1) * 100:+.1f}% | {lo:.2f}..{hi:.2f} |"
-        )
+        row = f"| {labels[f]} | {imports} + {code} | {off * 1e3:.1f} |"
+        for m in with_modes:
+            on = med[(f, m)]
+            lo, hi = min(times[(f, m)]) / on, max(times[(f, m)]) / on
+            row += f" {on * 1e3:.1f} | {(on / off - 1) * 100:+.1f}% | {lo:.2f}..{hi:.2f} |"
+        out.append(row)
     out += [
         "",
         "- Lines added: counted in `examples/` (each added line carries a `# stabmon` comment). The plain"
@@ -269,7 +282,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=3, help="steps excluded at the start of each run")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--url", default=None, help="send records to this collector instead of a MemorySink")
+    p.add_argument("--url", default=None, help="also measure with a Client streaming to this collector")
     p.add_argument("--token", default=os.environ.get("STABMON_TOKEN"))
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args()

@@ -359,3 +359,14 @@ def test_collector_image_package_carries_the_dashboard(tmp_path: Path) -> None:
     ]
     assert any(ln.startswith("Requires-Dist: plotly") for ln in server)
     assert not any("torch" in ln for ln in server)
+
+
+def test_grafana_logit_thresholds_are_the_detectors_defaults() -> None:
+    """The dashed lines on Grafana's logit panel are where the collector really alerts."""
+    from monitor.detect import DetectorConfig
+
+    panel = next(p for p in _panels(_dashboard()) if p["title"] == "Attention logit max by layer")
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    d = DetectorConfig().logit_max
+    assert [s["value"] for s in steps if s["value"] is not None] == [d.warning, d.critical]
+    assert f"{d.warning:g}" in panel["description"] and f"{d.critical:g}" in panel["description"]

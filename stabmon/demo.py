@@ -44,7 +44,7 @@ class DemoConfig:
     db: Path = DEFAULT_DIR / "demo.db"
     """The SQLite file the collector uses; kept afterwards, so ``stabmon serve`` shows the runs."""
     port: int = 0
-    """0: a free port."""
+    """0: 8321 (``stabmon serve``'s default) when free, else any free port."""
     parallel: bool = True
     """Train the runs in parallel processes (one torch thread each) rather than one by one."""
     batch_size: int | None = None
@@ -85,10 +85,19 @@ class DemoConfig:
 # ---------------------------------------------------------------------------------------
 # The collector as a child process
 # ---------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+DEFAULT_PORT = 8321  # `stabmon serve`'s default: the demo's links keep working when it is re-served
+
+
+def free_port(preferred: int = DEFAULT_PORT) -> int:
+    """``preferred`` if nothing listens there, else any free loopback port."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free TCP port on 127.0.0.1")
 
 
 @dataclass
@@ -110,47 +119,54 @@ class Collector:
 
 
 def start_collector(db: Path, port: int = 0, timeout: float = 60.0) -> Collector:
-    """``python -m stabmon serve`` on ``db`` (SQLite) at 127.0.0.1; waits until it answers and
-    its local token file exists. Raises RuntimeError with the server's log if it does not."""
+    """``python -m stabmon serve`` on ``db`` (SQLite) at 127.0.0.1; waits until it answers with
+    this database's local token. With ``port=0`` a port taken in the meantime by someone else is
+    retried on another one. Raises RuntimeError with the server's log if it does not start."""
+    attempts = 1 if port else 3
+    for attempt in range(attempts):
+        try:
+            return _start_collector(Path(db).resolve(), port or free_port(), timeout)
+        except _PortTaken:
+            if attempt == attempts - 1:
+                raise RuntimeError(
+                    f"could not bind a port for the collector after {attempts} tries"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+def _start_collector(db: Path, port: int, timeout: float) -> Collector:
     import httpx
 
-    db = Path(db).resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = db.with_name(db.stem + ".collector.log")
     env = {**os.environ, "STABMON_DB": f"sqlite:///{db}"}
     env.pop("STABMON_TOKEN_FILE", None)
+    cmd = [sys.executable, "-m", "stabmon", "serve", "--db", f"sqlite:///{db}", "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "warning"]  # fmt: skip
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stabmon",
-                "serve",
-                "--db",
-                f"sqlite:///{db}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],  # fmt: skip
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     token_file = db.with_name(db.name + ".token")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the collector exited with code {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200 and token_file.exists():
-                return Collector(proc, url, token_file.read_text().strip(), token_file, log_path)
-        except httpx.HTTPError:
-            pass
+            text = log_path.read_text()
+            if "address already in use" in text.lower():
+                raise _PortTaken(text)
+            raise RuntimeError(f"the collector exited with code {proc.returncode}:\n{text}")
+        if token_file.exists():
+            token = token_file.read_text().strip()
+            try:
+                # Our token answering proves it is our collector on that port, not another one.
+                r = httpx.get(f"{url}/api/v1/runs", headers={"Authorization": f"Bearer {token}"}, timeout=2.0)
+                if r.status_code == 200:
+                    return Collector(proc, url, token, token_file, log_path)
+            except httpx.HTTPError:
+                pass
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"the collector did not answer within {timeout:.0f} s:\n{log_path.read_text()}")
@@ -294,13 +310,15 @@ def run_demo(cfg: DemoConfig, display: Any = None) -> tuple[DemoReport, Collecto
     except BaseException:
         collector.stop()
         raise
+    port = int(collector.url.rsplit(":", 1)[1])
+    serve_command = f"stabmon serve --db {cfg.db_url}" + ("" if port == DEFAULT_PORT else f" --port {port}")
     report = DemoReport(
         collector=collector.url,
         db=str(cfg.db.resolve()),
         token_file=str(collector.token_file),
         wall_s=round(time.monotonic() - t0, 1),
         runs=runs,
-        serve_command=f"stabmon serve --db {cfg.db_url}",
+        serve_command=serve_command,
     )
     return report, collector
 

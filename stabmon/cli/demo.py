@@ -114,7 +114,7 @@ def demo_cmd(
     ),
     seed: int = typer.Option(0),
     db: Path = typer.Option(Path(".stabmon/demo.db"), help="SQLite file of the demo's collector."),
-    port: int = typer.Option(0, help="Collector port (0: a free one)."),
+    port: int = typer.Option(0, help="Collector port (0: 8321 if free, else any free one)."),
     sequential: bool = typer.Option(False, help="Train the runs one after the other instead of in parallel."),
     keep_serving: bool = typer.Option(False, help="Keep the collector running afterwards, until Ctrl-C."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),

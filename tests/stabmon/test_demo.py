@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from monitor.store import Store
-from stabmon.demo import DemoConfig, report_json, run_demo
+from stabmon.demo import DemoConfig, free_port, report_json, run_demo
 
 RUN_KEYS = {
     "variant", "lr", "run_id", "status", "diverged", "diverged_at", "first_alert_step", "lead_steps",
@@ -58,6 +58,8 @@ def test_demo_cli_json_on_tiny(tmp_path):
             "5",
             "--db",
             str(db),
+            "--port",
+            str(free_port(0)),
         ],  # fmt: skip
         capture_output=True,
         text=True,
@@ -66,7 +68,9 @@ def test_demo_cli_json_on_tiny(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert set(report) == {"collector", "db", "token_file", "wall_s", "runs", "serve_command"}
-    assert report["serve_command"] == f"stabmon serve --db sqlite:///{db.resolve()}"
+    assert report["serve_command"].startswith(f"stabmon serve --db sqlite:///{db.resolve()}")
+    port = report["collector"].rsplit(":", 1)[1]
+    assert port == "8321" or report["serve_command"].endswith(f" --port {port}")
     assert [r["variant"] for r in report["runs"]] == ["baseline", "qk_norm_cap"]
     token = (tmp_path / "demo.db.token").read_text().strip()
     for run in report["runs"]:
@@ -105,8 +109,10 @@ class Recorder:
 
 
 def test_run_demo_sequential_in_process(tmp_path):
-    cfg = DemoConfig(preset="tiny", steps=8, lr=0.01, warmup=2, variants=("qkv_norm",), db=tmp_path / "d.db",
-                     parallel=False)  # fmt: skip
+    cfg = DemoConfig(
+        preset="tiny", steps=8, lr=0.01, warmup=2, variants=("qkv_norm",), db=tmp_path / "d.db",
+        port=free_port(0), parallel=False,
+    )  # fmt: skip
     display = Recorder()
     report, collector = run_demo(cfg, display)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from stabmon.demo import start_collector
+from stabmon.demo import free_port, start_collector
 from trainer_hooks.actions import PolicyConfig
 from trainer_hooks.remote import run_monitored
 from trainer_hooks.train import TrainConfig
@@ -20,7 +20,7 @@ DIVERGING = dict(
 
 @pytest.fixture(scope="module")
 def collector(tmp_path_factory):
-    c = start_collector(tmp_path_factory.mktemp("collector") / "stabmon.db")
+    c = start_collector(tmp_path_factory.mktemp("collector") / "stabmon.db", port=free_port(0))
     yield c
     c.stop()
 

@@ -78,6 +78,12 @@ def test_runs_list(page, seeded, artifacts) -> None:  # noqa: ANN001
     assert "status=diverged" in page.url
     page.select_option("#f-status", "")
     page.screenshot(path=str(artifacts / "runs.png"), full_page=True)
+    # Select two runs and compare them.
+    page.check(f'#runs-table input.sel[value="{seeded.healthy}"]')
+    page.check(f'#runs-table input.sel[value="{seeded.diverging}"]')
+    assert page.inner_text("#compare") == "Compare (2)"
+    page.click("#compare")
+    page.wait_for_url(f"{seeded.collector.url}/compare?runs={seeded.healthy},{seeded.diverging}")
 
 
 def test_run_page_of_a_diverging_run(page, seeded, artifacts) -> None:  # noqa: ANN001

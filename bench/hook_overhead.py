@@ -77,7 +77,7 @@ def components(device: str, reps: int = 40) -> list[tuple[str, int, float]]:
     """In-cache cost of each statistic on the ``small`` preset's tensors: ``(name, calls per step,
     process-CPU ms per call)`` (median of ``reps``). The in-training cost is higher: there the
     tensors come from memory, not cache."""
-    from trainer_hooks.hooks.stats import entropy_mean, probe_logit_max, token_l2
+    from trainer_hooks.hooks.stats import entropy_from_logits, entropy_mean, probe_logit_rows, token_l2
 
     cfg, train = preset("small"), preset_defaults("small")
     B, T, d, nh, L = train.batch_size, cfg.block_size, cfg.n_embd, cfg.n_head, cfg.n_layer
@@ -85,6 +85,7 @@ def components(device: str, reps: int = 40) -> list[tuple[str, int, float]]:
     z = torch.randn(B, nh, T, T, generator=gen).to(device)
     z = z.masked_fill(torch.ones(T, T, dtype=torch.bool, device=device).triu(1), float("-inf"))
     p = torch.softmax(z, dim=-1)
+    _, z0, rows = probe_logit_rows(z)
     model = GPT(cfg).to(device)
     for prm in model.parameters():
         prm.grad = torch.randn_like(prm)
@@ -94,8 +95,13 @@ def components(device: str, reps: int = 40) -> list[tuple[str, int, float]]:
         ("token_l2 qkv (B*T, 3d)", L, lambda: token_l2(x3)),
         ("token_l2 proj/fc2 (B*T, d)", 2 * L, lambda: token_l2(x1)),
         ("token_l2 fc1 (B*T, 4d)", L, lambda: token_l2(x4)),
-        ("probe_logit_max (B, nh, T, T)", L, lambda: probe_logit_max(z)),
-        ("entropy_mean (B, nh, T, T)", L, lambda: entropy_mean(p)),
+        ("probe_logit_rows: logit max (B, nh, T, T)", L, lambda: probe_logit_rows(z)),
+        (
+            "entropy_from_logits (B, nh, T, T), uncapped variants",
+            L,
+            lambda: entropy_from_logits(p, z0, rows, None),
+        ),
+        ("entropy_mean (B, nh, T, T), capped variants instead", 0, lambda: entropy_mean(p)),
         ("grad norm (all parameters)", 1, lambda: torch.nn.utils.get_total_norm(grads, 2.0, False)),
     ]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)

@@ -1,0 +1,510 @@
+"""Soak test: many concurrent simulated training runs against one collector on PostgreSQL.
+
+A real ``stabmon serve`` process gets its own, freshly created PostgreSQL database. ``--runs``
+simulated runs (one thread each) produce one step every ``--step-interval`` seconds with a
+realistic series set (``--layers`` x 10 per-layer series: qkv/proj/fc1/fc2 ``l2_mean`` and
+``l2_max``, attention ``logit_max`` and ``entropy_mean``, plus loss, lr and grad_norm) and post
+them the way :class:`trainer_hooks.client.Client` does: one batch per ``--flush-interval``
+holding every step produced since the previous answer (capped by points and body size, the
+rest carried to the next batch), retried with the same ``batch_id`` on 5xx/connection errors
+(so a retry is stored once). This is the client's wire behaviour without its JSON encoder:
+the per-step value objects are pre-encoded, so the load generator's CPU goes to HTTP, not to
+``json.dumps``, and the figures are the collector's. Reader threads poll what the dashboard
+and API users poll: the runs list, a run's latest values and a 3-key series query.
+
+Measured: values offered and acknowledged (2xx) vs values stored (counted in the database,
+per run: they must be equal), p50/p99 ingest latency, readers' latency, status counts (5xx
+must be zero), and the collector's CPU and RSS sampled from ``/proc`` over time; memory growth
+compares the mean RSS of the first and last quarter of the load phase. After the load phase
+the generators drain their backlog for at most ``--drain-timeout`` seconds.
+
+Usage: ``python bench/soak.py [--runs 100] [--duration 600] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_SERVER = os.environ.get("STABMON_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+SITE_STATS = [(s, t) for s in ("qkv", "proj", "fc1", "fc2") for t in ("l2_mean", "l2_max")] + [
+    ("attn", "logit_max"),
+    ("attn", "entropy_mean"),
+]
+RUN_KEYS = ("loss", "lr", "grad_norm")
+MAX_BATCH_POINTS = 1000  # the Client's defaults
+MAX_BODY_BYTES = 4 * 1024 * 1024
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@dataclass
+class SoakConfig:
+    runs: int = 100
+    duration_s: float = 600.0
+    layers: int = 24
+    step_interval_s: float = 0.1
+    flush_interval_s: float = 1.0
+    readers: int = 4
+    reader_interval_s: float = 1.0
+    workers: int = 1
+    sample_interval_s: float = 2.0
+    drain_timeout_s: float = 120.0
+    db: str | None = None
+    """A PostgreSQL URL to use as is; None creates (and afterwards drops) a dedicated database."""
+
+
+@dataclass
+class RunStats:
+    run_id: str
+    offered_values: int = 0
+    acked_values: int = 0
+    acked_in_load_phase: int = 0
+    steps_produced: int = 0
+    steps_acked: int = 0
+    retries: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+def _count(d: dict[str, int], status: int | None) -> None:
+    k = str(status) if status is not None else "conn_error"
+    d[k] = d.get(k, 0) + 1
+
+
+def series_keys(layers: int) -> list[str]:
+    return [f"layer.{i}.{s}.{t}" for i in range(layers) for s, t in SITE_STATS] + list(RUN_KEYS)
+
+
+def value_pool(rng: random.Random, keys: list[str], n: int = 16) -> list[str]:
+    """``n`` pre-encoded ``values`` objects with plausible magnitudes per statistic."""
+    pool = []
+    for _ in range(n):
+        v = {}
+        for k in keys:
+            if k.endswith("logit_max"):
+                v[k] = 8.0 + rng.random()
+            elif k.endswith("entropy_mean"):
+                v[k] = 2.0 + 0.1 * rng.random()
+            elif k == "lr":
+                v[k] = 3e-4
+            elif k == "loss":
+                v[k] = 3.0 + 0.2 * rng.random()
+            else:
+                v[k] = 1.0 + 0.05 * rng.random()
+        pool.append(json.dumps(v, separators=(",", ":")))
+    return pool
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+# -- the collector process and its /proc figures -----------------------------------------------
+def _proc_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _cpu_rss(pids: list[int]) -> tuple[float, float]:
+    """(CPU seconds used so far, RSS in MiB) summed over ``pids``."""
+    cpu = rss = 0.0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+            with open(f"/proc/{p}/statm") as f:
+                rss += int(f.read().split()[1]) * PAGE_MB
+        except (OSError, IndexError, ValueError):
+            continue
+    return cpu, rss
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pid: int, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, float, float]] = []  # (t, cpu %, rss MiB)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        prev_t, prev_cpu = t0, _cpu_rss(_proc_tree(self.pid))[0]
+        while not self.stop.wait(self.interval):
+            now = time.monotonic()
+            cpu, rss = _cpu_rss(_proc_tree(self.pid))
+            self.samples.append((now - t0, 100 * (cpu - prev_cpu) / (now - prev_t), rss))
+            prev_t, prev_cpu = now, cpu
+
+
+# -- load generators ---------------------------------------------------------------------------
+class Generator(threading.Thread):
+    """One simulated run: produce steps on a clock, post them batched, retry until acknowledged."""
+
+    def __init__(self, url: str, token: str, idx: int, cfg: SoakConfig, clock: dict) -> None:
+        super().__init__(daemon=True, name=f"soak-run-{idx}")
+        self.url, self.cfg, self.clock = url, cfg, clock
+        self.rng = random.Random(idx)
+        self.keys = series_keys(cfg.layers)
+        self.pool = value_pool(self.rng, self.keys)
+        self.stats = RunStats(run_id=f"soak-{idx:03d}-{uuid.uuid4().hex[:8]}")
+        self.http = httpx.Client(
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            timeout=httpx.Timeout(120.0, connect=10.0),
+        )
+        self.error: str | None = None
+
+    def _post(self, method: str, path: str, body: bytes) -> httpx.Response | None:
+        t = time.monotonic()
+        try:
+            r = self.http.request(method, self.url + path, content=body)
+        except httpx.HTTPError:
+            _count(self.stats.statuses, None)
+            return None
+        self.stats.latencies_ms.append(1000 * (time.monotonic() - t))
+        _count(self.stats.statuses, r.status_code)
+        return r
+
+    def _send_until_acked(self, path: str, body: bytes, deadline: float) -> httpx.Response | None:
+        delay = 0.2
+        while time.monotonic() < deadline:
+            r = self._post("POST", path, body)
+            if r is not None and r.status_code < 300:
+                return r
+            if r is not None and 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                self.error = f"HTTP {r.status_code}: {r.text[:300]}"
+                return None
+            self.stats.retries += 1
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(5.0, delay * 2)
+        return None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as e:  # reported, never silently lost
+            self.error = f"{type(e).__name__}: {e}"
+
+    def _run(self) -> None:
+        cfg, s = self.cfg, self.stats
+        reg = json.dumps({"id": s.run_id, "name": s.run_id, "config": {"variant": "baseline", "soak": True}})
+        if self._send_until_acked("/api/v1/runs", reg.encode(), time.monotonic() + 120) is None:
+            self.error = self.error or "registration never acknowledged"
+            return
+        start, end = self.clock["start"], self.clock["end"]
+        time.sleep(self.rng.uniform(0, cfg.flush_interval_s))  # spread the runs' flushes
+        path = f"/api/v1/runs/{s.run_id}/points"
+        per_step = len(self.keys)
+        sent = 0  # steps acknowledged so far (steps are produced in order: 0, 1, ...)
+        while True:
+            now = time.monotonic()
+            produced = int((min(now, end) - start) / cfg.step_interval_s) + 1 if now >= start else 0
+            s.steps_produced = produced
+            s.offered_values = produced * per_step
+            if sent < produced:
+                parts, size = [], 40
+                for step in range(sent, min(produced, sent + MAX_BATCH_POINTS)):
+                    p = f'{{"step":{step},"rank":0,"values":{self.pool[step % len(self.pool)]}}}'
+                    if parts and size + len(p) + 1 > MAX_BODY_BYTES:
+                        break
+                    parts.append(p)
+                    size += len(p) + 1
+                bid = f"{s.run_id}-{sent}"
+                body = f'{{"batch_id":"{bid}","points":[{",".join(parts)}]}}'.encode()
+                deadline = self.clock["hard_end"]
+                r = self._send_until_acked(path, body, deadline)
+                if r is None:
+                    return
+                s.acked_values += len(parts) * per_step
+                if time.monotonic() <= end:
+                    s.acked_in_load_phase += len(parts) * per_step
+                sent += len(parts)
+                s.steps_acked = sent
+                continue  # a backlog is sent right away, as the client's sender does
+            if now >= end:
+                return
+            time.sleep(cfg.flush_interval_s)
+
+
+class Reader(threading.Thread):
+    """Polls the runs list, a random run's latest values and a 3-key series query."""
+
+    def __init__(self, url: str, token: str, gens: list[Generator], cfg: SoakConfig, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.url, self.gens, self.cfg, self.stop = url, gens, cfg, stop
+        self.http = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=120.0)
+        self.latencies_ms: dict[str, list[float]] = {"runs": [], "latest": [], "series": []}
+        self.statuses: dict[str, int] = {}
+        self.rng = random.Random()
+
+    def _get(self, kind: str, path: str, params: dict | None = None) -> None:
+        t = time.monotonic()
+        try:
+            r = self.http.get(self.url + path, params=params)
+        except httpx.HTTPError:
+            _count(self.statuses, None)
+            return
+        self.latencies_ms[kind].append(1000 * (time.monotonic() - t))
+        _count(self.statuses, r.status_code)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.cfg.reader_interval_s * self.rng.uniform(0.5, 1.5)):
+            g = self.rng.choice(self.gens)
+            rid = g.stats.run_id
+            self._get("runs", "/api/v1/runs", {"limit": 50})
+            self._get("latest", f"/api/v1/runs/{rid}/latest")
+            keys = ",".join(self.rng.sample(g.keys, 3))
+            self._get("series", f"/api/v1/runs/{rid}/series", {"keys": keys, "max_points": 500})
+
+
+# -- orchestration -------------------------------------------------------------------------------
+def _create_database() -> tuple[str, str]:
+    from sqlalchemy import create_engine, text
+
+    name = f"stabmon_soak_{uuid.uuid4().hex[:10]}"
+    eng = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    eng.dispose()
+    return f"{PG_SERVER}/{name}", name
+
+
+def _drop_database(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": name}
+        )
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+    eng.dispose()
+
+
+def _stored_per_run(db: str) -> dict[str, int]:
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(db)
+    with eng.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT s.run_id, count(*) FROM points p JOIN series s ON s.id = p.series_id "
+                "GROUP BY s.run_id"
+            )
+        ).all()
+    eng.dispose()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def _start_collector(db: str, port: int, workers: int, log_path: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "stabmon", "serve", "--db", db, "--port", str(port)]
+    cmd += ["--workers", str(workers), "--log-level", "warning"]
+    log = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its life
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"collector exited: {log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("collector did not become ready in 120 s")
+
+
+def run_soak(cfg: SoakConfig, log_dir: Path | None = None) -> dict:
+    """Run one soak; returns every figure as a JSON-able dict."""
+    from monitor.store import Store, migrate
+
+    dedicated = None
+    db = cfg.db
+    if db is None:
+        db, dedicated = _create_database()
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="stabmon-soak-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    proc = None
+    try:
+        migrate.upgrade(db)
+        store = Store(db, pool_size=1)
+        token, _ = store.create_token("soak", label="bench/soak.py")
+        store.dispose()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = _start_collector(db, port, cfg.workers, log_dir / "collector.log")
+        sampler = Sampler(proc.pid, cfg.sample_interval_s)
+        start = time.monotonic() + 2.0
+        clock = {"start": start, "end": start + cfg.duration_s}
+        clock["hard_end"] = clock["end"] + cfg.drain_timeout_s
+        gens = [Generator(url, token, i, cfg, clock) for i in range(cfg.runs)]
+        stop_readers = threading.Event()
+        readers = [Reader(url, token, gens, cfg, stop_readers) for _ in range(cfg.readers)]
+        sampler.start()
+        for g in gens:
+            g.start()
+        time.sleep(max(0.0, start - time.monotonic()))
+        for r in readers:
+            r.start()
+        time.sleep(max(0.0, clock["end"] - time.monotonic()))
+        load_samples = len(sampler.samples)
+        stop_readers.set()
+        for g in gens:
+            g.join(max(1.0, clock["hard_end"] + 130 - time.monotonic()))
+        drained_s = time.monotonic() - clock["end"]
+        sampler.stop.set()
+        for r in readers:
+            r.join(130)
+        stored = _stored_per_run(db)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
+        if dedicated is not None:
+            _drop_database(dedicated)
+
+    per_step = len(series_keys(cfg.layers))
+    lat = [x for g in gens for x in g.stats.latencies_ms]
+    reader_lat = {k: [x for r in readers for x in r.latencies_ms[k]] for k in ("runs", "latest", "series")}
+    statuses: dict[str, int] = {}
+    for g in gens:
+        for k, v in g.stats.statuses.items():
+            statuses[k] = statuses.get(k, 0) + v
+    reader_statuses: dict[str, int] = {}
+    for r in readers:
+        for k, v in r.statuses.items():
+            reader_statuses[k] = reader_statuses.get(k, 0) + v
+    mismatched = {
+        g.stats.run_id: (g.stats.acked_values, stored.get(g.stats.run_id, 0))
+        for g in gens
+        if g.stats.acked_values != stored.get(g.stats.run_id, 0)
+    }
+    samples = sampler.samples[:load_samples] or sampler.samples
+    q = max(1, len(samples) // 4)
+    rss_first = statistics.mean(s[2] for s in samples[:q]) if samples else float("nan")
+    rss_last = statistics.mean(s[2] for s in samples[-q:]) if samples else float("nan")
+    offered = sum(g.stats.offered_values for g in gens)
+    acked = sum(g.stats.acked_values for g in gens)
+    return {
+        "config": dataclasses.asdict(cfg),
+        "series_per_step": per_step,
+        "offered_values": offered,
+        "offered_values_per_s": offered / cfg.duration_s,
+        "acked_values": acked,
+        "acked_values_per_s_load_phase": sum(g.stats.acked_in_load_phase for g in gens) / cfg.duration_s,
+        "stored_values": sum(stored.values()),
+        "backlog_values": offered - acked,
+        "runs_mismatched": mismatched,
+        "generator_errors": {g.stats.run_id: g.error for g in gens if g.error},
+        "drain_s": drained_s,
+        "ingest_requests": len(lat),
+        "ingest_latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat or [0])},
+        "ingest_statuses": statuses,
+        "retries": sum(g.stats.retries for g in gens),
+        "reader_latency_ms": {
+            k: {"n": len(v), "p50": percentile(v, 50), "p99": percentile(v, 99)}
+            for k, v in reader_lat.items()
+        },
+        "reader_statuses": reader_statuses,
+        "status_5xx": sum(v for k, v in {**statuses}.items() if k.startswith("5"))
+        + sum(v for k, v in reader_statuses.items() if k.startswith("5")),
+        "collector_cpu_pct": {
+            "mean": statistics.mean(s[1] for s in samples) if samples else float("nan"),
+            "max": max((s[1] for s in samples), default=float("nan")),
+        },
+        "collector_rss_mb": {
+            "first_quarter_mean": rss_first,
+            "last_quarter_mean": rss_last,
+            "max": max((s[2] for s in samples), default=float("nan")),
+            "growth_ratio": rss_last / rss_first if samples else float("nan"),
+        },
+        "samples": [[round(t, 1), round(c, 1), round(r, 1)] for t, c, r in sampler.samples],
+        "loadavg": os.getloadavg(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    d = SoakConfig()
+    p.add_argument("--runs", type=int, default=d.runs)
+    p.add_argument("--duration", type=float, default=d.duration_s, help="load phase, seconds")
+    p.add_argument("--layers", type=int, default=d.layers)
+    p.add_argument("--step-interval", type=float, default=d.step_interval_s)
+    p.add_argument("--flush-interval", type=float, default=d.flush_interval_s)
+    p.add_argument("--readers", type=int, default=d.readers)
+    p.add_argument("--workers", type=int, default=d.workers, help="collector worker processes")
+    p.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s)
+    p.add_argument("--sample-interval", type=float, default=d.sample_interval_s)
+    p.add_argument("--db", default=None, help="PostgreSQL URL (default: a fresh dedicated database)")
+    p.add_argument("--json", type=Path, default=None, help="write every figure here")
+    p.add_argument("--log-dir", type=Path, default=None)
+    a = p.parse_args(argv)
+    cfg = SoakConfig(
+        runs=a.runs,
+        duration_s=a.duration,
+        layers=a.layers,
+        step_interval_s=a.step_interval,
+        flush_interval_s=a.flush_interval,
+        readers=a.readers,
+        workers=a.workers,
+        drain_timeout_s=a.drain_timeout,
+        sample_interval_s=a.sample_interval,
+        db=a.db,
+    )
+    res = run_soak(cfg, a.log_dir)
+    if a.json is not None:
+        a.json.write_text(json.dumps(res, indent=1))
+    summary = {k: v for k, v in res.items() if k != "samples"}
+    print(json.dumps(summary, indent=1))
+    ok = not res["runs_mismatched"] and res["status_5xx"] == 0 and not res["generator_errors"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

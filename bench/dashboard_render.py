@@ -121,7 +121,7 @@ def write_section(text: str) -> None:
     current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
     pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(current):
-        new = pattern.sub(lambda _: text, current, count=1)
+        new = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", current, count=1).rstrip("\n") + "\n"
     else:
         new = current.rstrip("\n") + "\n\n" + text
     DOCS.parent.mkdir(parents=True, exist_ok=True)
@@ -196,11 +196,10 @@ by a real collector, loaded in headless Chromium; measured from navigation start
 | one `/series` query, 64 keys, `max_points=1000` (median of 3) | {q_ms:.0f} ms |
 | writing the run through the store's batch primitive | {write_s:.1f} s |
 
-Where the time goes: the page's {len(page_keys)} series come in {groups} parallel requests, and the
-collector's SQLite aggregation of 20,000 rows per key dominates (a single 64-key query above takes
-about as long as the whole page). Client-side work (decoding, binning the heatmaps, Plotly drawing) is
-the rest; the loss shows first because its query is the smallest. The rollup table proposed in
-"Ingest" would shrink exactly the dominant part.
+Where the time goes: the page's {len(page_keys)} series come in {groups} parallel requests, one per group
+of plots, and one 64-key `/series` query alone takes {q_ms:.0f} ms here: most of the page's time is the
+collector's downsampling query (served from its 16-step rollups, see "Ingest"); decoding, binning the
+heatmaps and Plotly's drawing are the rest. The loss shows first because its request is the smallest.
 
 Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPU cores ({cpu}),
 shared with other jobs (load average {load:.1f} during the run); Chromium {chromium_version()}.

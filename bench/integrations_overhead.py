@@ -1,21 +1,24 @@
 """Integrations overhead: time per training step with and without stabmon, in each framework.
 
-Three loops on CPU, each with the same model shape (the ``small`` preset's: d=128, 4 layers,
-4 heads, T=128, batch 16, byte vocabulary) and random-byte batches:
+Three loops on CPU, each with the model shape of the ``small`` preset (byte vocabulary) and
+random-byte batches:
 
-- ``plain``: a nanoGPT-style PyTorch loop on stabmon's GPT; "on" adds ``attach()`` and
+- ``plain``: a nanoGPT-style PyTorch loop on stabmon's GPT; stabmon adds ``attach()`` and
   ``mon.step(loss=, lr=, grad_norm=)`` (examples/plain_loop.py);
-- ``hf``: a ``transformers.Trainer`` on a GPT-2 of that shape; "on" adds ``StabmonCallback``;
-- ``lightning``: a Lightning ``Trainer`` on a LightningModule wrapping stabmon's GPT; "on"
+- ``hf``: a ``transformers.Trainer`` on a GPT-2 of that shape; stabmon adds ``StabmonCallback``;
+- ``lightning``: a Lightning ``Trainer`` on a LightningModule wrapping stabmon's GPT; stabmon
   adds ``StabmonCallback``.
 
-Each measurement is one short run; the time per step is the median interval between
-consecutive step ends (framework set-up and the first ``--warmup`` steps excluded). Records go
-to a ``MemorySink``; with ``--url``/``--token`` each framework is also measured with a real
-collector ``Client`` (its batching and sending threads share the CPU with training). The
-configurations are interleaved round-robin with a rotating order, so machine noise and drift
-hit all of them alike; each figure is the median over ``--rounds`` rounds. The lines a user
-adds are counted from the examples, where every added line carries a ``# stabmon`` comment.
+Each is measured without stabmon and with it: records to a ``MemorySink`` with every statistic
+(``all``), the same with ``logits=False`` (``nologits``: output norms, loss, lr, grad norm),
+and, with ``--url``/``--token``, with a real collector ``Client`` (``client``; its batching and
+sending threads share the CPU with training). Each measurement is one short run; its time per
+step is the median interval between consecutive step ends, in process CPU time (all threads)
+and in wall time, framework set-up and the first ``--warmup`` steps excluded. The machine is
+shared, so wall time mostly measures the neighbours: ratios use CPU time. The configurations
+are interleaved round-robin with a rotating order, so noise and drift hit all of them alike;
+each figure is the median over ``--rounds`` rounds. The lines a user adds are counted in the
+examples, where every added line carries a ``# stabmon`` comment.
 
 Prints the table and writes the "Integrations overhead" section of docs/benchmarks.md.
 Usage: ``python bench/integrations_overhead.py [--rounds 5] [--steps 20] [--threads 1] [--url URL]``.
@@ -35,11 +38,14 @@ from pathlib import Path
 
 import torch
 
+from trainer_hooks.config import preset
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 FRAMEWORKS = ("plain", "hf", "lightning")
 EXAMPLES = {"plain": "plain_loop.py", "hf": "hf_trainer.py", "lightning": "lightning_module.py"}
-B, T = 16, 128
+SHAPE = preset("small")
+B, T = 16, SHAPE.block_size
 MARK = re.compile(r"\s# stabmon(:|$)")  # a trailing comment, not the docstring's ``# stabmon``
 
 
@@ -48,32 +54,45 @@ def random_batches(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, T + 1), generator=g)  # (n, T+1)
 
 
+def stamp() -> tuple[float, float]:
+    return time.process_time(), time.perf_counter()
+
+
+def per_step(stamps: list[tuple[float, float]], warmup: int) -> tuple[float, float]:
+    """Median (CPU, wall) seconds between consecutive step ends, after ``warmup`` steps."""
+    kept = stamps[warmup:]
+    pairs = list(zip(kept, kept[1:], strict=False))
+    return (
+        statistics.median(b[0] - a[0] for a, b in pairs),
+        statistics.median(b[1] - a[1] for a, b in pairs),
+    )
+
+
 def make_sink(mode: str, args):
-    """None without stabmon, a `MemorySink`, or a `Client` streaming to ``args.url``."""
+    """None without stabmon, a `Client` streaming to ``args.url``, else a `MemorySink`."""
     from trainer_hooks.client import Client, MemorySink, RunInfo
 
+    if mode == "off":
+        return None
     if mode == "client":
         return Client(args.url, token=args.token, run=RunInfo(name="bench-integrations"))
-    return MemorySink() if mode == "memory" else None
+    return MemorySink()
 
 
-def step_times(stamps: list[float], warmup: int) -> float:
-    """Median seconds between consecutive step ends, after ``warmup`` steps."""
-    gaps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
-    return statistics.median(gaps)
+def attach_options(mode: str) -> dict:
+    return {"logits": False} if mode == "nologits" else {}
 
 
-def run_plain(mode: str, args) -> float:
-    from trainer_hooks.config import preset
+def run_plain(mode: str, args) -> tuple[float, float]:
     from trainer_hooks.hooks import attach
     from trainer_hooks.model import GPT
 
     torch.manual_seed(0)
-    model = GPT(preset("small"))
+    model = GPT(SHAPE)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = random_batches(B * (args.steps + args.warmup + 1))
     sink = make_sink(mode, args)
-    mon = attach(model, sink=sink) if sink is not None else None
+    mon = attach(model, sink=sink, **attach_options(mode)) if sink is not None else None
     stamps = []
     for i in range(args.steps + args.warmup + 1):
         xy = data[i * B : (i + 1) * B]
@@ -84,14 +103,14 @@ def run_plain(mode: str, args) -> float:
         opt.step()
         if mon is not None:
             mon.step(loss=loss, lr=opt.param_groups[0]["lr"], grad_norm=grad_norm)
-        stamps.append(time.perf_counter())
+        stamps.append(stamp())
     if mon is not None:
         mon.remove()
         sink.close()
-    return step_times(stamps, args.warmup)
+    return per_step(stamps, args.warmup)
 
 
-def run_hf(mode: str, args) -> float:
+def run_hf(mode: str, args) -> tuple[float, float]:
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
     from trainer_hooks.integrations.hf import StabmonCallback
@@ -101,17 +120,20 @@ def run_hf(mode: str, args) -> float:
             self.stamps = []
 
         def on_step_end(self, *a, **k):
-            self.stamps.append(time.perf_counter())
+            self.stamps.append(stamp())
 
     ids = random_batches(B * (args.steps + args.warmup + 1))[:, :T]
     dataset = [{"input_ids": x, "labels": x} for x in ids]
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=T, n_embd=128, n_layer=4, n_head=4))
+    config = GPT2Config(
+        vocab_size=256, n_positions=T, n_embd=SHAPE.n_embd, n_layer=SHAPE.n_layer, n_head=SHAPE.n_head
+    )
+    model = GPT2LMHeadModel(config)
     stamps = Stamps()
     callbacks = [stamps]
     sink = make_sink(mode, args)
     if sink is not None:
-        callbacks.append(StabmonCallback(sink=sink))
+        callbacks.append(StabmonCallback(sink=sink, **attach_options(mode)))
     with tempfile.TemporaryDirectory() as out:
         training_args = TrainingArguments(
             output_dir=out,
@@ -127,13 +149,12 @@ def run_hf(mode: str, args) -> float:
         Trainer(model=model, args=training_args, train_dataset=dataset, callbacks=callbacks).train()
     if sink is not None:
         sink.close()
-    return step_times(stamps.stamps, args.warmup)
+    return per_step(stamps.stamps, args.warmup)
 
 
-def run_lightning(mode: str, args) -> float:
+def run_lightning(mode: str, args) -> tuple[float, float]:
     import lightning as L
 
-    from trainer_hooks.config import preset
     from trainer_hooks.integrations.lightning import StabmonCallback
     from trainer_hooks.model import GPT
 
@@ -141,7 +162,7 @@ def run_lightning(mode: str, args) -> float:
         def __init__(self):
             super().__init__()
             torch.manual_seed(0)
-            self.model = GPT(preset("small"))
+            self.model = GPT(SHAPE)
             self.stamps = []
 
         def training_step(self, batch, i):
@@ -149,7 +170,7 @@ def run_lightning(mode: str, args) -> float:
             return loss
 
         def on_train_batch_end(self, *a):
-            self.stamps.append(time.perf_counter())
+            self.stamps.append(stamp())
 
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=1e-3)
@@ -158,6 +179,7 @@ def run_lightning(mode: str, args) -> float:
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xy[:, :-1], xy[:, 1:]), batch_size=B)
     module = Lit()
     sink = make_sink(mode, args)
+    callbacks = [StabmonCallback(sink=sink, **attach_options(mode))] if sink is not None else []
     with tempfile.TemporaryDirectory() as out:
         trainer = L.Trainer(
             max_steps=args.steps + args.warmup + 1,
@@ -169,24 +191,29 @@ def run_lightning(mode: str, args) -> float:
             enable_progress_bar=False,
             enable_model_summary=False,
             default_root_dir=out,
-            callbacks=[StabmonCallback(sink=sink)] if sink is not None else [],
+            callbacks=callbacks,
         )
         trainer.fit(module, loader)
     if sink is not None:
         sink.close()
-    return step_times(module.stamps, args.warmup)
+    return per_step(module.stamps, args.warmup)
 
 
 RUNNERS = {"plain": run_plain, "hf": run_hf, "lightning": run_lightning}
+MODE_LABELS = {
+    "all": "`MemorySink`, every statistic",
+    "nologits": "`MemorySink`, `logits=False`",
+    "client": "`Client` to a local collector, every statistic",
+}
 
 
 def modes(args) -> tuple[str, ...]:
-    return ("off", "memory", "client") if args.url else ("off", "memory")
+    return ("off", "all", "nologits", "client") if args.url else ("off", "all", "nologits")
 
 
-def measure(args) -> dict[tuple[str, str], list[float]]:
+def measure(args) -> dict[tuple[str, str], list[tuple[float, float]]]:
     configs = [(f, m) for f in FRAMEWORKS for m in modes(args)]
-    times: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {c: [] for c in configs}
     for r in range(args.rounds):
         order = configs[r % len(configs) :] + configs[: r % len(configs)]
         for framework, mode in order:
@@ -207,7 +234,8 @@ def added_lines() -> dict[str, tuple[int, int]]:
 
 
 def section(times, args) -> str:
-    med = {c: statistics.median(v) for c, v in times.items()}
+    cpu = {c: statistics.median(t[0] for t in v) for c, v in times.items()}
+    wall = {c: statistics.median(t[1] for t in v) for c, v in times.items()}
     lines_added = added_lines()
     try:
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -218,14 +246,6 @@ def section(times, args) -> str:
         "hf": "Hugging Face `Trainer` (`StabmonCallback`)",
         "lightning": "Lightning `Trainer` (`StabmonCallback`)",
     }
-    sinks = {"memory": "`MemorySink`", "client": "`Client` to a local collector"}
-    with_modes = modes(args)[1:]
-    n_configs = len(FRAMEWORKS) * len(modes(args))
-    header = "| integration | lines added (imports + code) | ms/step without |"
-    rule = "|---|---:|---:|"
-    for m in with_modes:
-        header += f" ms/step with, {sinks[m]} | overhead | spread (min..max / median) |"
-        rule += "---:|---:|---:|"
     out = [
         "## Integrations overhead",
         "",
@@ -233,33 +253,42 @@ def section(times, args) -> str:
         f" --threads {args.threads}{' --url URL' if args.url else ''}` on {platform.machine()}"
         f" ({os.cpu_count()} cores, load average {load} at the end), torch {torch.__version__},"
         f" {torch.get_num_threads()} intra-op thread(s), CPU.",
-        f"Model shape of the `small` preset in every framework (d=128, 4 layers, 4 heads, T={T}, batch {B});"
-        " every=1, all sites with attention-logit statistics. Time per step: median interval between step"
-        f" ends over {args.steps} steps after {args.warmup} warm-up steps; each figure is the median over"
-        f" rounds, the {n_configs} configurations interleaved round-robin with a rotating order.",
+        f"Model shape of the `small` preset in every framework (d={SHAPE.n_embd}, {SHAPE.n_layer} layers,"
+        f" {SHAPE.n_head} heads, T={T}, batch {B}); every=1. Time per step: median interval between step"
+        f" ends over {args.steps} steps after {args.warmup} warm-up steps, in process CPU time (all"
+        " threads); each figure is the median over rounds, the"
+        f" {len(FRAMEWORKS) * len(modes(args))} configurations interleaved round-robin with a rotating"
+        " order. Overheads use CPU time: the machine is shared, so wall time mostly measures the"
+        " neighbours (wall medians for reference).",
         "",
-        header,
-        rule,
+        "| integration | lines added (imports + code) | stabmon | ms/step (cpu) | overhead"
+        " | min..max / median | ms/step (wall) |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     for f in FRAMEWORKS:
-        off = med[(f, "off")]
         imports, code = lines_added[f]
-        row = f"| {labels[f]} | {imports} + {code} | {off * 1e3:.1f} |"
-        for m in with_modes:
-            on = med[(f, m)]
-            lo, hi = min(times[(f, m)]) / on, max(times[(f, m)]) / on
-            row += f" {on * 1e3:.1f} | {(on / off - 1) * 100:+.1f}% | {lo:.2f}..{hi:.2f} |"
-        out.append(row)
+        base, base_wall = cpu[(f, "off")], wall[(f, "off")]
+        out.append(
+            f"| {labels[f]} | {imports} + {code} | off | {base * 1e3:.1f} | | | {base_wall * 1e3:.1f} |"
+        )
+        for m in modes(args)[1:]:
+            c = cpu[(f, m)]
+            lo, hi = min(t[0] for t in times[(f, m)]) / c, max(t[0] for t in times[(f, m)]) / c
+            out.append(
+                f"| | | {MODE_LABELS[m]} | {c * 1e3:.1f} | {(c / base - 1) * 100:+.1f}% | {lo:.2f}..{hi:.2f}"
+                f" | {wall[(f, m)] * 1e3:.1f} |"
+            )
     out += [
         "",
         "- Lines added: counted in `examples/` (each added line carries a `# stabmon` comment). The plain"
         " loop's code lines are the run description, the sink, `attach`, `mon.step` (the two inside the"
         " training code) and the clean-up after the loop (`mon.remove()`, `sink.close()`); each callback is"
         " one line in `callbacks=[...]`.",
-        "- Most of the overhead is the hooks' own cost (the explicit attention path that exposes the"
-        ' logits, and the per-site statistics; see "Hook overhead"); the callbacks add a gradient-norm'
-        " computation and a few Python calls per step. `every=N` and `logits=False` reduce it.",
-        "- Differences within the spread are noise (the machine is shared with other jobs).",
+        "- The difference between every statistic and `logits=False` is the price of exposing the"
+        ' attention logits (the explicit attention path and its statistics; see "Hook overhead").'
+        " What remains with `logits=False` is the output-norm hooks plus, for the callbacks, a gradient"
+        " norm and a few Python calls per step. `every=N` divides the hooks' part by about N.",
+        "- Differences within the min..max spread are noise.",
         "",
     ]
     return "\n".join(out)

@@ -87,13 +87,36 @@
     return Number.isFinite(v) ? v : null;
   }
 
+  // A log-axis range that keeps the healthy part of a series readable after it explodes: the
+  // top is at most `decades` above the 98th percentile (and at least `minTop`), so a run that
+  // went to 1e30 does not flatten everything before it into the bottom pixel. Returns the
+  // range (log10 units), the clipped top and whether any value lies above it.
+  function robustLogRange(seriesValues, decades, minTop) {
+    const xs = [];
+    for (const vals of seriesValues) for (const v of vals || []) if (Number.isFinite(v) && v > 0) xs.push(v);
+    if (!xs.length) return null;
+    xs.sort((a, b) => a - b);
+    const lo = xs[0], hi = xs[xs.length - 1];
+    let top = Math.min(hi, xs[Math.floor(0.98 * (xs.length - 1))] * Math.pow(10, decades));
+    if (minTop) top = Math.max(top, minTop);
+    const clipped = hi > top * 1.0001;
+    const pad = 0.04 * Math.max(0.5, Math.log10(top) - Math.log10(lo));
+    return { range: [Math.log10(lo) - pad, Math.log10(top) + pad], top, clipped, peak: hi };
+  }
+
+  function offScale(r, what) {
+    return { xref: "paper", yref: "paper", x: 0.01, xanchor: "left", y: 1, yanchor: "top", showarrow: false,
+      text: "\u2191 " + what + " off scale (peak " + SM.fmt(r.peak) + ")", font: { color: "#d92d20", size: 11 },
+      bgcolor: "rgba(255,255,255,0.8)" };
+  }
+
   function lossFigure() {
     const traces = [], shapes = [], annotations = [];
     const loss = state.series.loss, val = state.series.val_loss;
-    let top = null;
-    for (const s of [loss, val]) {
-      if (s) for (const v of s.values) if (Number.isFinite(v) && v > 0) top = top === null ? v : Math.max(top, v);
-    }
+    const yr = robustLogRange([loss && loss.values, val && val.values], 0.5);
+    // Where non-finite values and alerts without a finite loss are pinned: the top of the axis.
+    const top = yr ? yr.top : null;
+    if (yr && yr.clipped) annotations.push(offScale(yr, "loss"));
     if (loss) {
       traces.push({ name: "loss", x: loss.steps, y: SM.finiteOrNull(loss.values), mode: "lines",
         line: { color: "#2f6fed", width: 1.6 } });
@@ -128,7 +151,8 @@
     }
     return {
       traces,
-      layout: SM.layout({ title: { text: "Loss" }, yaxis: { title: { text: "loss" }, type: "log" },
+      layout: SM.layout({ title: { text: "Loss" },
+        yaxis: Object.assign({ title: { text: "loss" }, type: "log" }, yr ? { range: yr.range, autorange: false } : {}),
         shapes, annotations }),
     };
   }
@@ -138,23 +162,31 @@
     const layers = layerKeys(site, NORM_STATS);
     const stat = layers.length ? SM.parseKey(layers[0][1]).stat : "l2_mean";
     const binned = SM.binMax(layers.map(([, k]) => state.series[k]), HEAT_BINS);
-    let zmax = -Infinity;
+    const finite = [];
     const z = binned.rows.map((row) => row.map((v) => {
       if (v === null || Number.isNaN(v) || v <= 0) return null;
       if (!Number.isFinite(v)) return Infinity;
       const l = Math.log10(v);
-      zmax = Math.max(zmax, l);
+      finite.push(l);
       return l;
     }));
-    // An infinite norm is the hottest cell there is: clamp it to the top of the color scale.
-    const zTop = Number.isFinite(zmax) ? zmax : 0;
-    for (const row of z) for (let j = 0; j < row.length; j++) if (row[j] === Infinity) row[j] = zTop;
+    // The color scale ends at most one decade above the 98th percentile: after a blow-up to
+    // 1e30 the healthy history keeps its contrast, and the exploded cells saturate.
+    finite.sort((p, q) => p - q);
+    const zmin = finite.length ? finite[0] : 0;
+    const zmaxData = finite.length ? finite[finite.length - 1] : 1;
+    const zmax = finite.length ? Math.min(zmaxData, finite[Math.floor(0.98 * (finite.length - 1))] + 1) : 1;
+    const capped = zmaxData > zmax + 1e-9 || z.some((row) => row.includes(Infinity));
+    // Hover shows the norm itself (inf included), the color its log.
+    const text = binned.rows.map((row) => row.map((v) => (v === null ? "" : SM.fmt(v))));
+    for (const row of z) for (let j = 0; j < row.length; j++) if (row[j] === Infinity) row[j] = Math.max(zmax, zmaxData);
     return {
       traces: [{
-        type: "heatmap", name: site, x: binned.x, y: layers.map(([l]) => l), z,
+        type: "heatmap", name: site, x: binned.x, y: layers.map(([l]) => l), z, text,
+        zmin, zmax: Math.max(zmax, zmin + 1e-6), zauto: false,
         colorscale: "Viridis", zsmooth: false, hoverongaps: false,
-        colorbar: { title: { text: "log10 L2", side: "right" }, thickness: 12 },
-        hovertemplate: "layer %{y}, step %{x}<br>log10 " + stat + " = %{z:.2f}<extra>" + site + "</extra>",
+        colorbar: { title: { text: capped ? "log10 L2 (top: \u2265)" : "log10 L2", side: "right" }, thickness: 12 },
+        hovertemplate: "layer %{y}, step %{x}<br>" + stat + " = %{text}<extra>" + site + "</extra>",
       }],
       layout: SM.layout({
         title: { text: site.toUpperCase() + " output norm (" + stat + ")" },
@@ -177,6 +209,9 @@
         mode: "lines", line: { width: 1.3, color: layerColor(i, layers.length) } };
     });
     const shapes = [], annotations = [];
+    // Always show the thresholds and the Wortsman level (a healthy run sits far below them).
+    const yr = robustLogRange(traces.map((t) => t.y), 1, 2 * (cfg.logit_divergence_level || th.critical || 1));
+    if (yr && yr.clipped) annotations.push(offScale(yr, "logits"));
     const lines = [["warning", th.warning, "#d97706"], ["critical", th.critical, "#d92d20"],
       ["diverged runs (Wortsman et al.)", cfg.logit_divergence_level, "#7a7f8c"]];
     for (const [label, y, color] of lines) {
@@ -190,7 +225,9 @@
       traces,
       layout: SM.layout({
         title: { text: "Attention logit max per layer (" + stat + ")" },
-        yaxis: { title: { text: "max |q\u00b7k| / \u221ad" }, type: "log" }, shapes, annotations,
+        yaxis: Object.assign({ title: { text: "max |q\u00b7k| / \u221ad" }, type: "log" },
+          yr ? { range: yr.range, autorange: false } : {}),
+        shapes, annotations,
         legend: { orientation: "v", y: 1, x: 1.02 }, margin: { r: 90 },
       }),
     };
@@ -213,11 +250,14 @@
   function simpleFigure(key, title, ytitle, logy, color, useMax) {
     const s = state.series[key];
     if (!s) return null;
+    const y = SM.finiteOrNull(useMax ? s.max : s.values).map((v) => (logy && v <= 0 ? null : v));
+    const yr = logy ? robustLogRange([y], 1) : null;
+    const yaxis = { title: { text: ytitle }, type: logy ? "log" : "linear", exponentformat: "e" };
+    if (yr) Object.assign(yaxis, { range: yr.range, autorange: false });
     return {
-      traces: [{ name: key, x: s.steps, y: SM.finiteOrNull(useMax ? s.max : s.values).map((v) => (logy && v <= 0 ? null : v)),
-        mode: "lines", line: { color, width: 1.4 } }],
-      layout: SM.layout({ title: { text: title }, showlegend: false,
-        yaxis: { title: { text: ytitle }, type: logy ? "log" : "linear", exponentformat: "e" } }),
+      traces: [{ name: key, x: s.steps, y, mode: "lines", line: { color, width: 1.4 } }],
+      layout: SM.layout({ title: { text: title }, showlegend: false, yaxis,
+        annotations: yr && yr.clipped ? [offScale(yr, key)] : [] }),
     };
   }
 

@@ -22,6 +22,14 @@ import torch
 MAX, MEAN = 0, 1
 
 
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small host tensor to ``device`` without blocking the host: a plain pageable copy to
+    CUDA synchronises the stream, a pinned one with ``non_blocking=True`` does not."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def kind_of(stat: str) -> int:
     """How a statistic aggregates over forwards and ranks: means average, everything else maxes."""
     return MEAN if stat.endswith("_mean") else MAX
@@ -88,8 +96,8 @@ class StepAccumulator:
             for i in layout:
                 counts[i] += 1
             cached = (
-                torch.tensor(layout, dtype=torch.long, device=vals.device),
-                torch.tensor(counts, dtype=torch.float32, device=vals.device),
+                to_device(torch.tensor(layout, dtype=torch.long), vals.device),
+                to_device(torch.tensor(counts, dtype=torch.float32), vals.device),
             )
             if len(self._layout_cache) > 64:  # layouts vary only in odd loops; stay bounded
                 self._layout_cache.clear()
@@ -102,7 +110,7 @@ class StepAccumulator:
 
     def is_max(self, device: torch.device) -> torch.Tensor:
         if self._is_max is None or self._is_max.device != device:
-            self._is_max = torch.tensor([k == MAX for k in self._kinds], dtype=torch.bool, device=device)
+            self._is_max = to_device(torch.tensor([k == MAX for k in self._kinds], dtype=torch.bool), device)
         return self._is_max
 
     def combine(self, maxes: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from torch import nn
 
 from stabmon.wire import is_valid_key
 
-from .accumulate import HostTransfer, StepAccumulator
+from .accumulate import HostTransfer, StepAccumulator, to_device
 from .discovery import SiteRef
 from .distributed import rank_and_world, reduce_step
 from .stats import (
@@ -332,7 +332,7 @@ class Monitor:
             # Every run-level value travels in the one collective, host numbers included.
             keys = sorted([*dev_keys, *host])
             by_key = dict(zip(dev_keys, dev_vals, strict=True))
-            parts = [by_key[k] if k in by_key else torch.tensor([host[k]], device=device) for k in keys]
+            parts = [by_key[k] if k in by_key else to_device(torch.tensor([host[k]]), device) for k in keys]
             scal = torch.cat(parts) if parts else torch.zeros(0, device=device)
             maxes, sums, counts, scal = reduce_step(maxes, sums, counts, scal, self.world)
             dev_keys, host = keys, {}

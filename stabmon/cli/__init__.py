@@ -25,6 +25,9 @@ app.add_typer(db.app, name="db")
 from stabmon.cli import serve  # noqa: E402
 
 app.command("serve")(serve.serve_cmd)
+from stabmon.cli import sweep  # noqa: E402
+
+app.command("sweep")(sweep.sweep_cmd)
 from stabmon.cli import token  # noqa: E402
 
 app.add_typer(token.app, name="token")

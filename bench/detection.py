@@ -1,0 +1,329 @@
+"""The detection benchmark: stabmon's detector vs two published loss-spike rules on real runs.
+
+Builds (or, with ``--reuse``, only reads) a labelled corpus of training runs with the sweep
+library (`trainer_hooks.sweep`): all five norm variants x a learning-rate grid from stable to
+divergent x 2 seeds, with warmup (the ``stabmon sweep`` grid) and without; every run's per-step
+records in JSONL under ``out/corpus/`` (git-ignored; this script re-creates it, resumably).
+Labels come from `stabmon.divergence.find_divergence` on the full loss history; the detectors see
+only the prefix, one step at a time (`bench.detection_metrics`). It then
+
+1. scores the detector's defaults, its warnings, and the two reference rules
+   (`bench.reference_detectors`: LLM Foundry's KillLossSpike, OLMo-core's 6-sigma spike score,
+   each with its published window and with a window scaled to these short runs);
+2. calibrates the detector's key thresholds on seed 0 (grid search, one rule at a time, combined
+   exactly) and reports the chosen thresholds on seed 1, and the reverse;
+3. replays ``--early-stop`` offline on the warmup grid: how many steps a stop at the first
+   critical finding saves, and whether any conclusion (a variant's maximum stable LR) changes;
+4. writes ``detection.json`` and ``detection.md`` (tables) next to the corpus and the timeline
+   plot to ``--img``.
+
+    .venv/bin/python bench/detection.py [--reuse] [--preset small --steps 300] [--jobs 2]
+        [--root out/corpus] [--img docs/img]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `bench.*` and the repo's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.detection_metrics import (  # noqa: E402
+    FirstAlerts,
+    Run,
+    combine,
+    load_runs,
+    ours,
+    per_rule_first,
+    reference,
+    score,
+)
+from bench.reference_detectors import KillLossSpike, SpikeScore  # noqa: E402
+
+LRS_WARMUP = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+LRS_NO_WARMUP = (3e-2, 1e-1, 3e-1)
+SEEDS = (0, 1)
+
+# Key thresholds searched per rule (the others keep their defaults). Warning thresholds follow
+# the critical one down where needed so the pair stays ordered.
+GRID: dict[str, list[dict[str, Any]]] = {
+    "non_finite": [{}],
+    "logit_max": [{"critical": c, "warning": min(300.0, c)} for c in (300.0, 1000.0, 3000.0, 10000.0)],
+    "entropy_collapse": [
+        {"drop_critical": c, "drop_warning": min(10.0, c)} for c in (20.0, 50.0, 100.0, 300.0)
+    ],
+    "norm_growth": [
+        {"burn_in_steps": b, "growth_critical": g, "growth_warning": min(10.0, g)}
+        for b in (30, 100)
+        for g in (30.0, 100.0, 300.0)
+    ],
+    "loss_spike": [{"z_critical": z, "sustain_critical": s} for z in (8.0, 12.0, 20.0) for s in (2, 3)],
+    "grad_spike": [{"z_critical": z} for z in (25.0, 50.0)],
+}
+
+
+def corpus_configs(root: str | Path, preset: str, steps: int, jobs: int = 2):
+    """The corpus's two grids under ``root/preset``: with warmup (10% of the run: the
+    ``stabmon sweep`` grid) and without."""
+    from trainer_hooks.sweep import SweepConfig
+
+    base = Path(root) / preset
+    common = dict(preset=preset, steps=steps, seeds=SEEDS, jobs=jobs, plots=False)
+    return [
+        SweepConfig(lrs=LRS_WARMUP, warmups=(steps // 10,), out=str(base / "warmup"), **common),
+        SweepConfig(lrs=LRS_NO_WARMUP, warmups=(0,), out=str(base / "nowarmup"), **common),
+    ]
+
+
+def build_corpus(root: str | Path, preset: str, steps: int, jobs: int) -> None:
+    from trainer_hooks.sweep import run_sweep
+
+    for cfg in corpus_configs(root, preset, steps, jobs):
+        t0 = time.perf_counter()
+        run_sweep(
+            cfg, on_done=lambda r, i, n: print(f"  [{i}/{n}] {r['name']} ({r['wall_s']:.0f}s)", flush=True)
+        )
+        print(f"{cfg.out}: done in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def references(runs: Sequence[Run]) -> dict[str, dict[str, int | None]]:
+    """First alerts of the reference rules, with their published windows and scaled ones."""
+    return {
+        "foundry (window 100)": reference(runs, lambda r: KillLossSpike(total_steps=r.steps)),
+        "foundry (window 20)": reference(runs, lambda r: KillLossSpike(window=20)),
+        "olmo 6-sigma (window 128)": reference(runs, lambda r: SpikeScore()),
+        "olmo 6-sigma (window 20)": reference(runs, lambda r: SpikeScore(window=20)),
+    }
+
+
+def rule_options(runs: Sequence[Run]) -> dict[str, list[tuple[dict[str, Any], FirstAlerts]]]:
+    """Every grid option of every rule, evaluated alone over ``runs``."""
+    return {rule: [(opt, per_rule_first(runs, rule, opt)) for opt in opts] for rule, opts in GRID.items()}
+
+
+def _restrict(fa: FirstAlerts, names: set[str]) -> FirstAlerts:
+    keep = lambda d: {k: v for k, v in d.items() if k in names}  # noqa: E731
+    return FirstAlerts(keep(fa.critical), keep(fa.warning), keep(fa.critical_rule))
+
+
+def calibrate(
+    runs: Sequence[Run], options: dict[str, list[tuple[dict[str, Any], FirstAlerts]]]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The grid combination that has the fewest false alarms on ``runs``, then the highest recall,
+    then the longest median lead; ties go to the combination closest to the defaults."""
+    names = {r.name for r in runs}
+    rules = list(options)
+    defaults = {rule: _default_index(rule) for rule in rules}
+    best_key, best = None, None
+    for combo in itertools.product(*(range(len(options[r])) for r in rules)):
+        fa = combine(_restrict(options[r][i][1], names) for r, i in zip(rules, combo, strict=True))
+        s = score(runs, fa.critical)
+        distance = sum(i != defaults[r] for r, i in zip(rules, combo, strict=True))
+        key = (s["false_alarms"], -(s["recall"] or 0), -(s["lead_median"] or -1e9), distance)
+        if best_key is None or key < best_key:
+            best_key, best = key, (combo, s)
+    combo, s = best
+    chosen = {r: options[r][i][0] for r, i in zip(rules, combo, strict=True) if options[r][i][0]}
+    return chosen, s
+
+
+def _default_index(rule: str) -> int:
+    """The grid option equal to the rule's current defaults (for the tie-break)."""
+    from monitor.detect import DetectorConfig
+
+    cfg = getattr(DetectorConfig(), rule)
+    for i, opt in enumerate(GRID[rule]):
+        if all(getattr(cfg, k) == v for k, v in opt.items()):
+            return i
+    return -1
+
+
+def early_stop_replay(runs: Sequence[Run], crit: dict[str, int | None]) -> dict[str, Any]:
+    """What ``stabmon sweep --early-stop`` would have done to these (full) runs."""
+    from stabmon.cli.sweep import max_stable_lr
+
+    full = sum(r.steps for r in runs)
+    stopped = [r for r in runs if crit.get(r.name) is not None]
+    run_steps = sum(crit[r.name] + 1 if crit.get(r.name) is not None else r.steps for r in runs)
+    wrong = [r for r in stopped if not r.diverged]
+    rows = [{"variant": r.variant, "lr": r.lr, "diverged": r.diverged} for r in runs]
+    rows_stop = [
+        {"variant": r.variant, "lr": r.lr, "diverged": r.diverged or crit.get(r.name) is not None}
+        for r in runs
+    ]
+    return {
+        "steps_full": full,
+        "steps_with_early_stop": run_steps,
+        "saved_fraction": 1 - run_steps / full if full else 0.0,
+        "runs_stopped": len(stopped),
+        "stopped_diverged": len(stopped) - len(wrong),
+        "stopped_not_diverged": [
+            {"name": r.name, "stopped_at": crit[r.name], "final_loss": r.final_loss, "val_loss": r.val_loss}
+            for r in wrong
+        ],
+        "max_stable_lr_full": max_stable_lr(rows),
+        "max_stable_lr_early_stop": max_stable_lr(rows_stop),
+    }
+
+
+def _fmt(x: Any, pct: bool = False) -> str:
+    if x is None:
+        return "-"
+    if pct:
+        return f"{100 * x:.0f}%"
+    return f"{x:g}" if isinstance(x, (int, float)) else str(x)
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    head = (
+        "| detector | recall (alert <= divergence) | before the definition decides | false alarms "
+        "| lead median (steps) | lead p10 | lead median (fraction) | lead p10 (fraction) |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for name, s in results.items():
+        lines.append(
+            f"| {name} | {s['recall_n']}/{s['positives']} ({_fmt(s['recall'], True)}) "
+            f"| {_fmt(s['recall_before_decidable'], True)} | {s['false_alarms']}/{s['negatives']} "
+            f"| {_fmt(s['lead_median'])} | {_fmt(s['lead_p10'])} "
+            f"| {_fmt(s['lead_frac_median'], True)} | {_fmt(s['lead_frac_p10'], True)} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def plot_timeline(runs: Sequence[Run], alerts: dict[str, dict[str, int | None]], path: Path) -> Path:
+    """One row per diverging run (and per stable run with any alert): the divergence step and
+    each detector's first alert."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in runs if r.diverged] + [
+        r for r in runs if not r.diverged and any(a.get(r.name) is not None for a in alerts.values())
+    ]
+    fig, ax = plt.subplots(figsize=(9, 0.22 * len(shown) + 1.6), dpi=110)
+    markers = ["o", "s", "^", "v", "D", "P"]
+    for y, r in enumerate(shown):
+        if r.diverged:
+            ax.plot([r.diverged_at], [y], "|", color="black", markersize=14, mew=2)
+        ax.plot([0, r.steps], [y, y], color="0.85", lw=0.8, zorder=0)
+    for (name, first), m in zip(alerts.items(), markers, strict=False):
+        pts = [(first[r.name], y) for y, r in enumerate(shown) if first.get(r.name) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], m, label=name, alpha=0.8, markersize=5, ls="none")
+    ax.plot([], [], "|", color="black", markersize=10, mew=2, label="divergence (ground truth)")
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels([r.name + ("" if r.diverged else "  (stable)") for r in shown], fontsize=6)
+    ax.set_xlabel("step")
+    ax.set_xscale("symlog", linthresh=10)
+    ax.invert_yaxis()
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("First critical alert per detector vs divergence step")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", default="out/corpus", help="Corpus directory (git-ignored).")
+    p.add_argument("--reuse", action="store_true", help="Score the runs already there; train nothing.")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--preset", default="small", help="Model size of the corpus runs.")
+    p.add_argument("--steps", type=int, default=300, help="Steps per run (warmup: a tenth of them).")
+    p.add_argument("--img", default="docs/img", help="Where the timeline plot goes.")
+    args = p.parse_args(argv)
+    root = Path(args.root)
+    if not args.reuse:
+        build_corpus(root, args.preset, args.steps, args.jobs)
+    cfgs = corpus_configs(root, args.preset, args.steps, args.jobs)
+    runs = load_runs([cfg.out for cfg in cfgs])
+    if not runs:
+        raise SystemExit(f"no finished runs under {root}; run without --reuse to build the corpus")
+    by_seed = {s: [r for r in runs if r.seed == s] for s in SEEDS}
+    t0 = time.perf_counter()
+    default = ours(runs)
+    refs = references(runs)
+    results = {"stabmon (defaults)": score(runs, default.critical)}
+    results.update({name: score(runs, first) for name, first in refs.items()})
+    warnings = score(runs, default.warning)
+    by_subset = {
+        f"{label}": score(subset, default.critical)
+        for label, subset in (
+            ("warmup", [r for r in runs if r.warmup > 0]),
+            ("no warmup", [r for r in runs if r.warmup == 0]),
+        )
+    }
+    options = rule_options(runs)
+    calib: dict[str, Any] = {}
+    for fit, test in ((0, 1), (1, 0)):
+        chosen, fit_score = calibrate(by_seed[fit], options)
+        tuned = ours(by_seed[test], chosen)
+        calib[f"fit seed {fit} -> test seed {test}"] = {
+            "overrides": chosen,
+            "fit": fit_score,
+            "test": score(by_seed[test], tuned.critical),
+            "test_defaults": score(by_seed[test], ours(by_seed[test]).critical),
+        }
+    warm = [r for r in runs if r.warmup > 0]
+    early = early_stop_replay(warm, {k: v for k, v in default.critical.items()})
+    report = {
+        "runs": len(runs),
+        "positives": sum(r.diverged for r in runs),
+        "results": results,
+        "warnings": warnings,
+        "by_subset": by_subset,
+        "calibration": calib,
+        "early_stop": early,
+        "per_run": [
+            {
+                "name": r.name,
+                "diverged_at": r.diverged_at,
+                "decided_at": r.decided_at,
+                "reason": r.reason,
+                "final_loss": r.final_loss,
+                "critical": default.critical[r.name],
+                "critical_rule": default.critical_rule[r.name],
+                "warning": default.warning[r.name],
+                **{k: v[r.name] for k, v in refs.items()},
+            }
+            for r in runs
+        ],
+        "eval_s": round(time.perf_counter() - t0, 1),
+    }
+    report_dir = root / args.preset
+    (report_dir / "detection.json").write_text(json.dumps(report, indent=1))
+    md = table(results) + "\nwarnings (stabmon, any severity):\n\n" + table({"stabmon warnings": warnings})
+    md += "\nby subset (stabmon defaults):\n\n" + table(by_subset)
+    for k, c in calib.items():
+        md += f"\n{k}: overrides {json.dumps(c['overrides'])}\n\n"
+        md += table({"fit": c["fit"], "test (calibrated)": c["test"], "test (defaults)": c["test_defaults"]})
+    (report_dir / "detection.md").write_text(md)
+    img = Path(args.img)
+    img.mkdir(parents=True, exist_ok=True)
+    plot_timeline(
+        runs,
+        {
+            "stabmon critical": default.critical,
+            "stabmon warning": default.warning,
+            "foundry (window 20)": refs["foundry (window 20)"],
+            "olmo 6-sigma (window 20)": refs["olmo 6-sigma (window 20)"],
+        },
+        img / f"detection_timeline_{args.preset}.png",
+    )
+    print(md)
+    print(json.dumps(early, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()

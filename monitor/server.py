@@ -79,7 +79,9 @@ def check_bind(store: Store, host: str) -> None:
 def prepare(settings: Settings) -> tuple[Store, ServeInfo]:
     """Everything before uvicorn starts: schema, store, local token, bind check."""
     migrate.prepare(settings.db, apply=settings.should_migrate_on_start)
-    store = Store(settings.db, pool_size=settings.db_pool_size)
+    store = Store(
+        settings.db, pool_size=settings.db_pool_size, sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s
+    )
     local = ensure_local_token(store, settings) if is_loopback(settings.host) else None
     check_bind(store, settings.host)
     url = f"http://{settings.host}:{settings.port}"

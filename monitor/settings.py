@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     token_file: Path | None = None
     """Where that local token is kept (mode 0600); default: next to the SQLite file, ``<db>.token``."""
     db_pool_size: int = Field(default=8, ge=1)
+    sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)
+    """SQLite: how long a write waits for another writer's lock (``BEGIN EXCLUSIVE`` from a
+    backup job, a second collector) before the request fails with 503 and ``Retry-After``."""
+    max_series_per_run: int = Field(default=10_000, ge=1)
+    """Distinct series keys per run; a batch that would add more is refused (422) whole."""
     retry_after_s: int = Field(default=5, ge=1)
     """``Retry-After`` sent with 503 when the database is unreachable."""
 

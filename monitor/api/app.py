@@ -50,7 +50,12 @@ def create_app(
     owns_store = store is None
     if store is None:
         prepare_database(settings)
-        store = Store(settings.db, pool_size=settings.db_pool_size)
+        store = Store(
+            settings.db,
+            pool_size=settings.db_pool_size,
+            sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
+        )
+    store.max_series_per_run = settings.max_series_per_run
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # noqa: ANN202

@@ -5,8 +5,9 @@ problem, counted in ``stabmon_requests_rejected_total{reason}``.
   is read, and by counting the bytes of chunked/streamed bodies as they arrive;
 - validation errors: 422 listing (location, message) per problem, without echoing the input
   (a rejected 10,000-point batch must not come back as a 10,000-point error);
-- store errors: NotFound 404, Conflict 409; values the database refuses although they passed
-  validation (a NUL character in a text field on PostgreSQL): 422;
+- store errors: NotFound 404, Conflict 409, LimitExceeded 422 (naming the limit); values the
+  database refuses although they passed validation (a NUL character in a text field on
+  PostgreSQL): 422;
 - database unreachable or locked: 503 with ``Retry-After``;
 - anything else is a bug: logged with its traceback, answered 500 with a generic message.
 """
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
 from monitor.metrics import AppMetrics
-from monitor.store import Conflict, NotFound
+from monitor.store import Conflict, LimitExceeded, NotFound
 
 log = logging.getLogger("monitor.api")
 
@@ -118,6 +119,11 @@ def install_error_handlers(app: FastAPI, metrics: AppMetrics, retry_after_s: int
     async def _not_found(_request: Request, e: NotFound) -> JSONResponse:
         metrics.reject("not_found")
         return JSONResponse({"detail": str(e)}, status_code=404)
+
+    @app.exception_handler(LimitExceeded)
+    async def _limit(_request: Request, e: LimitExceeded) -> JSONResponse:
+        metrics.reject("validation")
+        return JSONResponse({"detail": str(e)}, status_code=422)
 
     @app.exception_handler(Conflict)
     async def _conflict(_request: Request, e: Conflict) -> JSONResponse:

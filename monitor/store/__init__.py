@@ -2,7 +2,7 @@
 PostgreSQL chosen by URL. See :mod:`monitor.store.models` for the schema and
 :mod:`monitor.store.points` for the one batch-write primitive and its semantics."""
 
-from monitor.store.errors import Conflict, NotFound, StoreError
+from monitor.store.errors import Conflict, LimitExceeded, NotFound, StoreError
 from monitor.store.points import SeriesInfo, WriteResult
 from monitor.store.series import Buckets, SeriesResult
 from monitor.store.store import MetricRow, MetricsSnapshot, Store
@@ -11,6 +11,7 @@ from monitor.store.tokens import Project, TokenInfo
 __all__ = [
     "Buckets",
     "Conflict",
+    "LimitExceeded",
     "MetricRow",
     "MetricsSnapshot",
     "NotFound",

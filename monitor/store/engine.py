@@ -21,19 +21,21 @@ WRITE_OPTION = "stabmon_write"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(url: str, pool_size: int = 8) -> Engine:
+def make_engine(url: str, pool_size: int = 8, sqlite_busy_timeout_s: float | None = None) -> Engine:
     """An Engine for ``sqlite:///...`` or ``postgresql+psycopg://...``; creates the SQLite
-    file's directory if needed."""
+    file's directory if needed. ``sqlite_busy_timeout_s`` is how long a write waits for
+    another writer's lock before failing (503); default :data:`SQLITE_BUSY_TIMEOUT_MS`."""
+    busy_ms = SQLITE_BUSY_TIMEOUT_MS if sqlite_busy_timeout_s is None else int(sqlite_busy_timeout_s * 1000)
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             u,
-            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            connect_args={"check_same_thread": False, "timeout": busy_ms / 1000},
             json_serializer=dumps_json,
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, busy_ms)
         return engine
     if u.get_backend_name() == "postgresql":
         if u.drivername == "postgresql":
@@ -49,7 +51,7 @@ def make_engine(url: str, pool_size: int = 8) -> Engine:
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql+psycopg://")
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001
         # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own BEGIN is deferred).
@@ -57,7 +59,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 

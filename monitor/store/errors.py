@@ -13,5 +13,9 @@ class NotFound(StoreError):
     """The run (or token, project) does not exist, or is not visible to the caller's project."""
 
 
+class LimitExceeded(StoreError):
+    """The request would take a run past a documented storage limit (e.g. series per run)."""
+
+
 class Conflict(StoreError):
     """The request clashes with stored state (e.g. a run id already used by another project)."""

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, func, select
 
 from monitor.store import models as m
 from monitor.store.codec import from_db, utcnow
+from monitor.store.errors import LimitExceeded
 from monitor.store.runs import dialect_insert
 from stabmon.wire import parse_key
 
@@ -152,6 +153,12 @@ class PointsMixin:
         q = select(m.series.c.key, m.series.c.id).where(m.series.c.run_id == run_id)
         ids = dict(conn.execute(q).tuples().all())
         missing = [k for k in keys if k not in ids]
+        limit = getattr(self, "max_series_per_run", None)
+        if missing and limit is not None and len(ids) + len(missing) > limit:
+            raise LimitExceeded(
+                f"series per run limit: run {run_id!r} has {len(ids)} series and this batch adds "
+                f"{len(missing)} new keys; the limit is {limit} (STABMON_MAX_SERIES_PER_RUN)"
+            )
         if missing:
             rows = []
             for k in missing:

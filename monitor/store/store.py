@@ -43,11 +43,24 @@ class MetricsSnapshot:
     open_alerts: list[tuple[str, str, str]]  # (run_id, rule, severity)
 
 
+DEFAULT_MAX_SERIES_PER_RUN = 10_000
+READY_PROBE_LOCK_MS = 2000
+
+
 class Store(RunsMixin, TokensMixin, PointsMixin, SeriesMixin, AlertsMixin):
-    def __init__(self, url: str, pool_size: int = 8) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool_size: int = 8,
+        *,
+        sqlite_busy_timeout_s: float | None = None,
+        max_series_per_run: int = DEFAULT_MAX_SERIES_PER_RUN,
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size)
+        self.engine = make_engine(url, pool_size=pool_size, sqlite_busy_timeout_s=sqlite_busy_timeout_s)
         self.dialect = self.engine.dialect.name
+        self.max_series_per_run = max_series_per_run
+        """Distinct series keys one run may have; a batch adding more is refused whole."""
 
     # -- transactions ----------------------------------------------------------------------
     @contextmanager
@@ -63,9 +76,22 @@ class Store(RunsMixin, TokensMixin, PointsMixin, SeriesMixin, AlertsMixin):
                 yield conn
 
     def ping(self) -> None:
-        """Raises if the database is unreachable."""
+        """Raises if the database is unreachable, or (SQLite) if its write lock cannot be
+        had within a couple of seconds: in WAL mode readers never block, so ``SELECT 1``
+        would report ready while every ingest waits on another writer and fails."""
         with self.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            if self.dialect != "sqlite":
+                conn.execute(text("SELECT 1"))
+                return
+            raw = conn.connection.driver_connection
+            (busy_ms,) = raw.execute("PRAGMA busy_timeout").fetchone()
+            raw.execute(f"PRAGMA busy_timeout={min(busy_ms, READY_PROBE_LOCK_MS)}")
+            try:
+                conn.execution_options(**{WRITE_OPTION: True})
+                with conn.begin():  # BEGIN IMMEDIATE: waits for the write lock, writes nothing
+                    pass
+            finally:
+                raw.execute(f"PRAGMA busy_timeout={busy_ms}")
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -190,7 +190,8 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     c = start_collector(tmp)
     try:
         with c.client() as cl:
-            healthy_shape = RunShape(steps=300, layers=4, seed=1)
+            # Separate q/k/v projections (Llama-style), so the page shows those heatmaps.
+            healthy_shape = RunShape(steps=300, layers=4, seed=1, sites=("q", "k", "v", "proj", "fc1", "fc2"))
             healthy = create_run(
                 cl,
                 "qk_norm-lr3e-3",

@@ -1,7 +1,7 @@
 """Realistic synthetic training series for the dashboard tests and the render benchmark.
 
 A run is ``layers`` transformer blocks with output norms at ``qkv``/``proj``/``fc1``/``fc2``
-(``l2_mean`` and ``l2_max``), attention-logit maxima and entropies, plus loss, learning rate
+(or any ``sites``; ``l2_mean`` and ``l2_max``), attention-logit maxima and entropies, plus loss, learning rate
 and grad norm. A healthy run's loss decays and its norms drift slowly upwards with depth. A
 diverging run follows the pattern of Rybakov et al. (2024) and Wortsman et al. (2023): from
 ``diverge_at - onset`` steps the deeper layers' QKV/Proj/FC2 norms and attention logits grow
@@ -31,9 +31,11 @@ class RunShape:
     seed: int = 0
     entropy: bool = True
     l2_max: bool = True
+    sites: tuple[str, ...] = SITES
+    """Norm sites per layer; e.g. ``("q", "k", "v", "proj", "fc1", "fc2")`` for separate projections."""
 
     def series_count(self) -> int:
-        per_layer = len(SITES) * (2 if self.l2_max else 1) + 1 + (1 if self.entropy else 0)
+        per_layer = len(self.sites) * (2 if self.l2_max else 1) + 1 + (1 if self.entropy else 0)
         return self.layers * per_layer + 3
 
 
@@ -63,9 +65,9 @@ def point_values(shape: RunShape, step: int, rng: random.Random) -> dict[str, fl
         depth = 1.0 + 0.35 * i
         # Deeper layers blow up first and hardest.
         layer_grow = grow ** (0.4 + 0.6 * i / max(1, shape.layers - 1))
-        for j, site in enumerate(SITES):
+        for j, site in enumerate(shape.sites):
             base = (4.0 + 3.0 * j) * depth * (1.0 + step / (4.0 * shape.steps)) * (1 + rng.gauss(0, 0.02))
-            unstable = site in ("qkv", "proj", "fc2")
+            unstable = site in ("qkv", "q", "k", "v", "proj", "fc2")
             v = base * (layer_grow if unstable else layer_grow**0.3)
             if diverged:
                 vals[f"layer.{i}.{site}.l2_mean"] = "inf" if unstable else "nan"

@@ -31,18 +31,27 @@ def wait_js(page, expr: str, timeout: float = 20.0):  # noqa: ANN001, ANN201
         time.sleep(0.1)
 
 
-@pytest.fixture()
-def page(browser, seeded):  # noqa: ANN001, ANN201
+@pytest.fixture(scope="module")
+def signed_in(browser, seeded):  # noqa: ANN001, ANN201
+    """One browser context for the module, signed in the way a URL printed by `stabmon demo`
+    does (its cache then holds Plotly's bundle, as a returning user's browser would)."""
     ctx = browser.new_context(viewport={"width": 1440, "height": 900})
     pg = ctx.new_page()
+    pg.goto(f"{seeded.collector.url}/runs?token={seeded.collector.token}")
+    assert pg.url == f"{seeded.collector.url}/runs"
+    pg.close()
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture()
+def page(signed_in):  # noqa: ANN001, ANN201
+    pg = signed_in.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
     pg.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-    # Sign in the way a URL printed by `stabmon demo` does.
-    pg.goto(f"{seeded.collector.url}/runs?token={seeded.collector.token}")
-    assert pg.url == f"{seeded.collector.url}/runs"
     yield pg
-    ctx.close()
+    pg.close()
     assert not errors, errors
 
 
@@ -215,3 +224,23 @@ def test_login_form_in_the_browser(browser, seeded, artifacts) -> None:  # noqa:
         assert not any(c["name"] == "stabmon_token" for c in ctx.cookies())
     finally:
         ctx.close()
+
+
+def test_run_page_of_a_healthy_run_with_separate_projections(page, seeded, artifacts) -> None:  # noqa: ANN001
+    open_page(page, f"{seeded.collector.url}/runs/{seeded.healthy}")
+    sites = page.evaluate(
+        "[...document.querySelectorAll('#heatmaps [data-site]')].map((el) => el.dataset.site)"
+    )
+    assert sites == ["q", "k", "v", "proj", "fc1", "fc2"]
+    logits = page.evaluate(
+        "(() => { const el = document.getElementById('plot-logits');"
+        " return {texts: el.layout.annotations.map((a) => a.text), top: el.layout.yaxis.range[1]}; })()"
+    )
+    # Far below the thresholds, which stay on the plot; nothing is off scale.
+    assert any(t.startswith("critical") for t in logits["texts"])
+    assert not any("off scale" in t for t in logits["texts"])
+    assert logits["top"] >= 4  # log10: the axis reaches past the Wortsman level (1e4)
+    assert "No alerts for this run." in page.inner_text("#alerts")
+    assert "finished" in page.inner_text("#run-title")
+    assert page.inner_text("#live") == "finished"
+    page.screenshot(path=str(artifacts / "run-healthy.png"), full_page=True)

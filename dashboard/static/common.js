@@ -164,7 +164,15 @@
 
   function fmt(x, digits) {
     if (x === null || x === undefined) return "\u2013";
-    if (typeof x === "string") x = decode(x);
+    if (typeof x === "string") {
+      // Wire strings ("nan", "inf") decode; a config value such as "3e-4" parses; other text shows as is.
+      if (x === "nan" || x === "inf" || x === "-inf") x = decode(x);
+      else {
+        const n = x.trim() === "" ? NaN : Number(x);
+        if (Number.isNaN(n)) return x;
+        x = n;
+      }
+    }
     if (Number.isNaN(x)) return "NaN";
     if (!Number.isFinite(x)) return x > 0 ? "inf" : "-inf";
     const a = Math.abs(x);

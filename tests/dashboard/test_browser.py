@@ -244,3 +244,46 @@ def test_run_page_of_a_healthy_run_with_separate_projections(page, seeded, artif
     assert "finished" in page.inner_text("#run-title")
     assert page.inner_text("#live") == "finished"
     page.screenshot(path=str(artifacts / "run-healthy.png"), full_page=True)
+
+
+def test_shared_helpers_in_the_page(page, seeded) -> None:  # noqa: ANN001
+    """The client-side helpers every page uses, on the edge cases the data really has."""
+    open_page(page, seeded.collector.url + "/sweep")
+    fmt = page.evaluate(
+        "['nan', 'inf', '-inf', '3e-4', 'abc', '', null, 0.00012, 123456, 3.14159, 2].map((x) => SM.fmt(x))"
+    )
+    assert fmt == ["NaN", "inf", "-inf", "3.00e-4", "abc", "", "\u2013", "1.20e-4", "1.23e+5", "3.142", "2"]
+    assert page.evaluate(
+        "[SM.decode('inf') === Infinity, Number.isNaN(SM.decode('nan')), SM.decode(2.5)]"
+    ) == [
+        True,
+        True,
+        2.5,
+    ]
+    assert page.evaluate("SM.parseKey('layer.11.fc2.l2_mean')") == {
+        "key": "layer.11.fc2.l2_mean",
+        "layer": 11,
+        "site": "fc2",
+        "stat": "l2_mean",
+    }
+    # Binning keeps each bin's maximum; +inf wins a bin, NaN only fills an otherwise empty one.
+    binned = page.evaluate(
+        "(() => { const b = SM.binMax(["
+        " {steps: [0, 1, 2, 3], values: [1, 5, 2, 2], max: [1, 5, Infinity, NaN]},"
+        " {steps: [0, 1, 2, 3], values: [1, 1, 1, 1], max: [NaN, 1, 1, 1]}], 2);"
+        " return {x: b.x, rows: b.rows.map((r) => r.map((v) => String(v)))}; })()"
+    )
+    assert binned == {"x": [1, 3], "rows": [["5", "Infinity"], ["1", "1"]]}
+    # A real series answer from the API, normalised, and appended without duplicating steps.
+    merged = page.evaluate(
+        f"""(async () => {{
+            const id = {seeded.diverging!r};
+            const a = await SM.fetchSeries(id, ['loss'], {{from: 0, to: 260, max_points: 20000}});
+            const b = await SM.fetchSeries(id, ['loss'], {{from: 250, max_points: 20000}});
+            const grew = SM.appendSeries(a, b);
+            const s = a.loss;
+            return {{n: s.steps.length, last: s.steps[s.steps.length - 1], grew,
+                     nanAt260: SM.nonFiniteAt(s, 260), finiteAt10: SM.nonFiniteAt(s, 10)}};
+        }})()"""
+    )
+    assert merged == {"n": 300, "last": 299, "grew": True, "nanAt260": True, "finiteAt10": False}

@@ -24,12 +24,12 @@ from monitor.store import NotFound
 router = APIRouter(include_in_schema=False)
 
 # The run page asks the API for at most this many buckets per series: ~1000 columns is more
-# than a plot is wide, and keeps a 20,000-step run's first render to one query per key chunk.
+# than a plot is wide, whatever the run's length (the API downsamples keeping min/max).
 MAX_POINTS = 1000
-HEATMAP_BINS = 600
+HEATMAP_BINS = 600  # heatmap columns; each is the max of the buckets falling in it
 RUN_POLL_MS = 3000
 LIST_POLL_MS = 5000
-KEYS_PER_REQUEST = 64
+KEYS_PER_REQUEST = 64  # keys per series request (the API takes up to 200; URLs stay short)
 INVALID = "That token is not valid (unknown, revoked or mistyped)."
 
 
@@ -56,11 +56,7 @@ def _session(request: Request) -> tuple[Any, Response | None]:
     if token is not None:
         if auth.resolve(request, token) is None:
             return None, _login_page(request, INVALID)
-        resp = RedirectResponse(
-            auth.without_token(request), status_code=303, headers={"Cache-Control": "no-store"}
-        )
-        auth.set_session(resp, request, token)
-        return None, resp
+        return None, _trade_token(request, token, auth.without_token(request))
     carried = auth.request_token(request)
     project = auth.resolve(request, carried)
     if project is not None:

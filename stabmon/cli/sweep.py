@@ -30,15 +30,21 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 
 
 def max_stable_lr(rows: list[dict]) -> dict[str, float | None]:
-    """Per variant, the largest LR of the grid at which no seed diverged (None: none such)."""
+    """Per variant, the top of the stable range: the largest LR of the grid such that no seed
+    diverged at it or at any smaller LR (None: already the smallest LR diverged). A stable LR
+    above a diverging one (a lucky seed pair) does not extend the range."""
     out: dict[str, float | None] = {}
     for v in dict.fromkeys(r["variant"] for r in rows):
         by_lr: dict[float, bool] = {}
         for r in rows:
             if r["variant"] == v:
                 by_lr[r["lr"]] = by_lr.get(r["lr"], False) or bool(r["diverged"])
-        stable = [lr for lr, diverged in by_lr.items() if not diverged]
-        out[v] = max(stable) if stable else None
+        top = None
+        for lr in sorted(by_lr):
+            if by_lr[lr]:
+                break
+            top = lr
+        out[v] = top
     return out
 
 
@@ -114,7 +120,7 @@ def sweep_cmd(
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
 
-    table = Table(title="maximum stable learning rate (no seed diverged)")
+    table = Table(title="maximum stable learning rate (no seed diverged at it or below)")
     table.add_column("variant")
     table.add_column("max stable LR")
     for v, lr in max_stable_lr(rows).items():

@@ -139,12 +139,15 @@ def test_cell_names_and_max_stable_lr():
         {"variant": "a", "lr": 0.01, "diverged": False},
         {"variant": "a", "lr": 0.1, "diverged": False},
         {"variant": "a", "lr": 0.1, "diverged": True},  # one seed diverged: not stable
-        {"variant": "a", "lr": 1.0, "diverged": False},  # stable again above (kept: largest stable)
+        {"variant": "a", "lr": 1.0, "diverged": False},  # stable again above: not in the range
         {"variant": "b", "lr": 0.01, "diverged": True},
+        {"variant": "c", "lr": 0.3, "diverged": False},
+        {"variant": "c", "lr": 0.03, "diverged": False},
     ]
-    assert max_stable_lr(rows) == {"a": 1.0, "b": None}
+    assert max_stable_lr(rows) == {"a": 0.01, "b": None, "c": 0.3}
 
 
+@pytest.mark.slow  # two spawned worker processes, each importing torch
 def test_cli_runs_two_cells_in_two_processes_and_resumes(tmp_path):
     cmd = [
         sys.executable, "-m", "stabmon", "sweep", "--preset", "tiny", "--variants", "baseline,qkv_norm",

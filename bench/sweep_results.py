@@ -1,0 +1,179 @@
+"""The paper's comparisons from a finished ``stabmon sweep``: stable LR range, loss, LR sensitivity.
+
+Reads a sweep directory (``results.json`` rows and the per-run files of `trainer_hooks.sweep`)
+and computes, per variant: the maximum stable learning rate on the grid (the largest LR at which
+no seed diverged), the final validation loss and perplexity at every LR (mean over the seeds),
+and the LR sensitivity of Wortsman et al. 2023 (the mean over the grid of
+``min(loss(lr), initial loss) - best loss``, with a diverged or non-finite loss counted as the
+initial loss). It writes the markdown tables (``sweep_results.md``) and JSON next to the sweep,
+and the figures (validation loss vs LR, loss curves, per-layer norm trajectories of a diverging
+and a converging run of one variant) to ``--img``.
+
+    .venv/bin/python bench/sweep_results.py out/corpus/small/warmup [--img docs/img] [--tag small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repo's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stabmon.cli.sweep import max_stable_lr  # noqa: E402
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return sum(xs) / len(xs) if xs else None
+
+
+def loss_table(rows: Sequence[dict[str, Any]]) -> dict[str, dict[float, dict[str, Any]]]:
+    """variant -> lr -> mean final validation loss / perplexity over seeds, and diverged seeds."""
+    out: dict[str, dict[float, dict[str, Any]]] = {}
+    for r in rows:
+        cell = out.setdefault(r["variant"], {}).setdefault(r["lr"], {"val": [], "diverged": 0, "seeds": 0})
+        cell["seeds"] += 1
+        cell["diverged"] += bool(r["diverged"])
+        cell["val"].append(r["val_loss"])
+    for v in out.values():
+        for cell in v.values():
+            vals = cell.pop("val")
+            cell["val_loss"] = _mean(vals)
+            cell["val_ppl"] = math.exp(cell["val_loss"]) if cell["val_loss"] is not None else None
+    return out
+
+
+def lr_sensitivity(
+    rows: Sequence[dict[str, Any]], initial_loss: float = math.log(256)
+) -> dict[str, float | None]:
+    """Wortsman et al.'s LR sensitivity per variant, on the final validation loss (seed mean):
+    ``mean_lr min(loss(lr), initial) - min_lr loss(lr)``; diverged seeds count as ``initial``."""
+    out: dict[str, float | None] = {}
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        per_lr: dict[float, list[float]] = {}
+        for r in rows:
+            if r["variant"] != variant:
+                continue
+            v = r["val_loss"]
+            bad = r["diverged"] or v is None or not math.isfinite(v)
+            per_lr.setdefault(r["lr"], []).append(initial_loss if bad else min(v, initial_loss))
+        losses = [sum(v) / len(v) for v in per_lr.values()]
+        out[variant] = sum(losses) / len(losses) - min(losses) if losses else None
+    return out
+
+
+def _pick_pair(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A diverging and a converging run of the same variant and seed, preferring baseline: the
+    diverging run at the smallest diverging LR, the converging one at the largest stable LR below."""
+    for variant in ["baseline", *dict.fromkeys(r["variant"] for r in rows)]:
+        for seed in sorted({r["seed"] for r in rows}):
+            mine = sorted(
+                (r for r in rows if r["variant"] == variant and r["seed"] == seed), key=lambda r: r["lr"]
+            )
+            div = next((r for r in mine if r["diverged"]), None)
+            if div is None:
+                continue
+            ok = [r for r in mine if not r["diverged"] and r["lr"] < div["lr"]]
+            if ok:
+                return ok[-1], div
+    return None
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    table = loss_table(rows)
+    lrs = sorted({r["lr"] for r in rows})
+    stable = max_stable_lr(rows)
+    sens = lr_sensitivity(rows)
+    md = "| variant | max stable LR | LR sensitivity | " + " | ".join(f"LR {lr:g}" for lr in lrs) + " |\n"
+    md += "|---" * (3 + len(lrs)) + "|\n"
+    for v, per_lr in table.items():
+        cells = []
+        for lr in lrs:
+            c = per_lr.get(lr)
+            if c is None:
+                cells.append("-")
+                continue
+            loss = "-" if c["val_loss"] is None else f"{c['val_loss']:.3f} ({c['val_ppl']:.2f})"
+            mark = f" **{c['diverged']}/{c['seeds']} div**" if c["diverged"] else ""
+            cells.append(loss + mark)
+        s = "-" if stable[v] is None else f"{stable[v]:g}"
+        md += f"| {v} | {s} | {sens[v]:.3f} | " + " | ".join(cells) + " |\n"
+    return md
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep", help="A sweep output directory (results.json, runs/).")
+    p.add_argument("--img", default="docs/img")
+    p.add_argument("--tag", default="", help="Suffix of the figure names (e.g. the preset).")
+    args = p.parse_args(argv)
+
+    from trainer_hooks.client.sinks import read_jsonl
+    from trainer_hooks.sweep import load_detail, load_row
+    from trainer_hooks.sweep_plots import plot_loss_curves, plot_loss_vs_lr, plot_norm_trajectories
+
+    out = Path(args.sweep)
+    rows = sorted(
+        (load_row(p) for p in (out / "runs").glob("*.json")), key=lambda r: (r["variant"], r["lr"], r["seed"])
+    )
+    if not rows:
+        raise SystemExit(f"no finished runs under {out}/runs")
+    img = Path(args.img)
+    img.mkdir(parents=True, exist_ok=True)
+    tag = f"_{args.tag}" if args.tag else ""
+    stable = max_stable_lr(rows)
+    ratios = {
+        f"{v} / qk_norm": (stable[v] / stable["qk_norm"]) if stable.get(v) and stable.get("qk_norm") else None
+        for v in ("qkv_norm", "qk_norm_cap", "qk_fc_norm", "baseline")
+        if v in stable
+    }
+    plot_loss_vs_lr(rows, img / f"sweep_loss_vs_lr{tag}.png")
+    seed0 = min(r["seed"] for r in rows)
+    plot_loss_curves(
+        [load_detail(out, r["name"]) for r in rows if r["seed"] == seed0],
+        img / f"sweep_loss_curves{tag}.png",
+        f"Training loss per learning rate (seed {seed0})",
+    )
+    pair = _pick_pair(rows)
+    if pair is not None:
+        ok, div = pair
+        plot_norm_trajectories(
+            [
+                (f"{ok['name']} (converges)", read_jsonl(out / "runs" / f"{ok['name']}.jsonl"), None),
+                (
+                    f"{div['name']} (diverges at {div['diverged_at']})",
+                    read_jsonl(out / "runs" / f"{div['name']}.jsonl"),
+                    div["diverged_at"],
+                ),
+            ],
+            img / f"sweep_norms{tag}.png",
+            title=f"Per-layer output norms (l2_mean), {ok['variant']}",
+        )
+    md = markdown(rows)
+    result = {
+        "runs": len(rows),
+        "max_stable_lr": stable,
+        "ratios": ratios,
+        "lr_sensitivity": lr_sensitivity(rows),
+        "losses": {v: {str(k): c for k, c in t.items()} for v, t in loss_table(rows).items()},
+        "norm_pair": [pair[0]["name"], pair[1]["name"]] if pair else None,
+    }
+    (out / "sweep_results.md").write_text(md)
+    (out / "sweep_results.json").write_text(json.dumps(result, indent=1))
+    print(md)
+    print(
+        json.dumps(
+            {k: result[k] for k in ("max_stable_lr", "ratios", "lr_sensitivity", "norm_pair")}, indent=1
+        )
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""The security tests reuse the collector tests' database fixtures: every case runs on SQLite
+and on the real PostgreSQL (skipped when no server answers), each session on its own file or
+schema."""
+
+from tests.monitor.conftest import backend_url, pg_schema_url, session_store, store  # noqa: F401

@@ -62,8 +62,11 @@
     variants.forEach((v, i) => {
       const color = SM.variantColor(v, i);
       const mine = points.filter((p) => p.variant === v);
-      const ok = mine.filter((p) => !p.diverged);
+      // Runs stopped early (e.g. by the alert policy) are shown, but their loss is not a final
+      // loss: they stay out of the line.
+      const ok = mine.filter((p) => !p.diverged && p.run.status !== "stopped");
       const bad = mine.filter((p) => p.diverged);
+      const stopped = mine.filter((p) => !p.diverged && p.run.status === "stopped" && Number.isFinite(p.y));
       // The line: median over seeds of the non-diverged runs at each LR.
       const lrs = [...new Set(ok.map((p) => p.lr))].sort((a, b) => a - b);
       traces.push({
@@ -72,6 +75,15 @@
         customdata: lrs.map((lr) => ok.filter((p) => p.lr === lr).map((p) => p.run.id).join(",")),
         hovertemplate: v + "<br>lr %{x:.2e}<br>" + metric + " %{y:.4f}<extra></extra>",
       });
+      if (stopped.length) {
+        traces.push({
+          name: v + " stopped", legendgroup: v, showlegend: false, x: stopped.map((p) => p.lr), y: stopped.map((p) => p.y),
+          mode: "markers", marker: { symbol: "circle-open", size: 10, line: { color, width: 2 }, color },
+          customdata: stopped.map((p) => p.run.id),
+          text: stopped.map((p) => SM.esc(p.run.name) + " stopped early"),
+          hovertemplate: "%{text}<br>lr %{x:.2e}<br>" + metric + " %{y:.4f}<extra>" + v + "</extra>",
+        });
+      }
       if (bad.length) {
         traces.push({
           name: v + " diverged", legendgroup: v, showlegend: false, x: bad.map((p) => p.lr), y: bad.map(() => cap),

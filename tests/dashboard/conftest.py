@@ -223,6 +223,12 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
                     status, summary = _sweep_outcome(v, lr)
                     finish(cl, rid, status, summary)
                     sweep[(v, lr)] = rid
+            # A second seed stopped early by its alert policy: shown, but not part of the line.
+            rid = create_run(
+                cl, "qk_norm-lr0.01-s1", {"variant": "qk_norm", "lr": 1e-2, "preset": "sweep", "seed": 1}
+            )
+            ingest(cl, rid, RunShape(steps=20, layers=2, seed=99, entropy=False))
+            finish(cl, rid, "stopped", {"final_loss": 5.0, "min_loss": 4.9, "diverged": False})
         yield Seeded(c, healthy, diverging, div_shape, sweep)
     finally:
         stop_collector(c)

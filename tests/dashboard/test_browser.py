@@ -194,6 +194,10 @@ def test_lr_sweep(page, seeded, artifacts) -> None:  # noqa: ANN001
     assert lines["baseline"]["x"] == list(SWEEP_LRS[:-1])
     crosses = [t for t in traces if t["symbol"] == "x-thin"]
     assert len(crosses) == 1 and crosses[0]["name"] == "baseline diverged" and crosses[0]["x"] == [1e-2]
+    # The stopped seed is an open circle at its loss, and the qk_norm line ignores it.
+    circles = [t for t in traces if t["symbol"] == "circle-open"]
+    assert [(t["name"], t["x"], t["y"]) for t in circles] == [("qk_norm stopped", [1e-2], [5.0])]
+    assert max(lines["qk_norm"]["y"]) < 4
     assert page.evaluate("document.getElementById('plot-sweep').layout.xaxis.type") == "log"
     page.select_option("#metric", "min_loss")
     wait_js(page, "document.getElementById('plot-sweep').layout.yaxis.title.text === 'min loss'")

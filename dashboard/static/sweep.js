@@ -96,7 +96,7 @@
       }
     });
     const el = document.getElementById("plot-sweep");
-    document.getElementById("note").textContent = points.length + " finished runs shown"
+    document.getElementById("note").textContent = points.length + " runs shown"
       + (skipped ? "; " + skipped + " running, or without a learning rate or " + metric + ", left out" : "") + ".";
     if (!points.length) {
       el.innerHTML = '<div class="empty">No finished runs with a learning rate and a ' + SM.esc(metric) + " yet.</div>";

@@ -11,8 +11,11 @@ public address would hide who holds it.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,34 @@ from monitor.store import Store, migrate
 
 class BindRefused(RuntimeError):
     """Binding to a non-loopback address without any API token."""
+
+
+class RedactQueryTokens(logging.Filter):
+    """Masks ``token=...`` in logged URLs: the dashboard accepts a sign-in link
+    (``/?token=stm_...``) and uvicorn's access log would otherwise write the token to disk."""
+
+    _RE = re.compile(r"(?i)([?&](?:token|access_token)=)[^&\s\"]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._RE.sub(r"\1<redacted>", a) if isinstance(a, str) else a for a in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = self._RE.sub(r"\1<redacted>", record.msg)
+        return True
+
+
+def uvicorn_log_config() -> dict:
+    """uvicorn's logging configuration with :class:`RedactQueryTokens` on every handler (a
+    dict, so ``--workers`` processes install it too)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    cfg = copy.deepcopy(LOGGING_CONFIG)
+    cfg.setdefault("filters", {})["redact_tokens"] = {"()": f"{__name__}.RedactQueryTokens"}
+    for handler in cfg["handlers"].values():
+        handler.setdefault("filters", []).append("redact_tokens")
+    return cfg
 
 
 def is_loopback(host: str) -> bool:
@@ -120,10 +151,13 @@ def serve(settings: Settings, log_level: str = "info", workers: int = 1) -> None
             port=settings.port,
             workers=workers,
             log_level=log_level,
+            log_config=uvicorn_log_config(),
         )
         return
     app = create_app(settings, store=store)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)
+        uvicorn.run(
+            app, host=settings.host, port=settings.port, log_level=log_level, log_config=uvicorn_log_config()
+        )
     finally:
         store.dispose()

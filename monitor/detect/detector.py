@@ -92,13 +92,16 @@ class Detector:
         cap = self.config.max_series_per_rule
         nf = self._non_finite
         nf_series = rules_state.setdefault(nf.name, {}) if nf is not None else None
+        routes = self._routes
+        isfinite = math.isfinite
         for key, raw in values.items():
             if not isinstance(key, str):
                 continue
-            v = _as_float(raw)
+            # The collector hands over floats; anything else goes through the full conversion.
+            v = raw if raw.__class__ is float else _as_float(raw)
             if v is None:
                 continue
-            finite = math.isfinite(v)
+            finite = isfinite(v)
             if nf is not None:
                 s = nf_series.get(key)
                 if not finite:
@@ -110,8 +113,13 @@ class Detector:
                     del nf_series[key]  # recovered: only non-finite series are kept
             if not finite:
                 continue
-            for rule, layer in self._route(key):
-                series = rules_state.setdefault(rule.name, {})
+            route = routes.get(key)
+            if route is None:
+                route = self._route(key)
+            for rule, layer in route:
+                series = rules_state.get(rule.name)
+                if series is None:
+                    series = rules_state[rule.name] = {}
                 s = series.get(key)
                 if s is None:
                     if len(series) >= cap:

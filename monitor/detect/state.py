@@ -11,6 +11,7 @@ series (:func:`monitor.detect.replay`). Every per-series buffer is bounded by th
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,16 @@ class DetectorState:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able snapshot (a deep copy: later observations do not change it)."""
         return {"version": STATE_VERSION, "last_step": self.last_step, "rules": _encode(self.rules)}
+
+    def to_json(self) -> str:
+        """``json.dumps(self.to_dict())``, without the per-float walk when the state holds no
+        NaN/inf (the common case; the snapshot is written after every ingested batch)."""
+        try:
+            return json.dumps(
+                {"version": STATE_VERSION, "last_step": self.last_step, "rules": self.rules}, allow_nan=False
+            )
+        except ValueError:  # a non-finite float somewhere: tag them
+            return json.dumps(self.to_dict(), allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectorState:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, select
@@ -144,17 +145,34 @@ def load_state(conn: Connection, run_id: str) -> tuple[dict[str, Any] | None, in
     return json.loads(row.detector_state), row.last_step
 
 
-def save_state(conn: Connection, run_id: str, state: dict[str, Any], last_step: int | None) -> None:
-    blob = json.dumps(state)  # NaN/inf allowed: Python's json reads them back as floats
+def state_stamp(conn: Connection, run_id: str) -> tuple[int | None, datetime] | None:
+    """(last_step, updated_at) of the run's stored detector state, without reading the state
+    itself: the ingest service compares it with the stamp it wrote to know whether the state
+    it holds in memory is still the stored one."""
+    row = conn.execute(
+        select(m.run_state.c.last_step, m.run_state.c.updated_at).where(m.run_state.c.run_id == run_id)
+    ).one_or_none()
+    return None if row is None else (row.last_step, aware(row.updated_at))
+
+
+def save_state(
+    conn: Connection, run_id: str, state: dict[str, Any] | str, last_step: int | None
+) -> tuple[int | None, datetime]:
+    """Store the detector state (a dict, or its JSON text); returns the stamp written (see
+    :func:`state_stamp`)."""
+    # NaN/inf allowed in a dict: Python's json reads them back as floats.
+    blob = state if isinstance(state, str) else json.dumps(state)
+    now = utcnow()
     stmt = dialect_insert(conn, m.run_state).values(
-        run_id=run_id, detector_state=blob, last_step=last_step, updated_at=utcnow()
+        run_id=run_id, detector_state=blob, last_step=last_step, updated_at=now
     )
     conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["run_id"],
-            set_={"detector_state": blob, "last_step": last_step, "updated_at": utcnow()},
+            set_={"detector_state": blob, "last_step": last_step, "updated_at": now},
         )
     )
+    return last_step, now
 
 
 def stored_steps(

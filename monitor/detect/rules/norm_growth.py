@@ -25,8 +25,8 @@ import math
 from typing import Any
 
 from monitor.detect.config import NormGrowthConfig
-from monitor.detect.finding import QUIET, fmt, json_float
-from monitor.detect.levels import advance, level_of, median
+from monitor.detect.finding import CRITICAL, QUIET, WARNING, fmt, json_float
+from monitor.detect.levels import advance, median
 from monitor.detect.rules.base import Rule
 
 _TINY = 1e-30  # norms are >= 0; log of an exact 0 is clamped here
@@ -39,6 +39,16 @@ def _ratio(log_ratio: float) -> float:
 
 def _log(threshold: float | None, shift: float = 0.0) -> float | None:
     return None if threshold is None else math.log(threshold) + shift
+
+
+def _level(score: float, thresholds: tuple[float | None, float | None]) -> int:
+    """``level_of(score, *thresholds)`` without the scale argument (the hot path's variant)."""
+    warning, critical = thresholds
+    if critical is not None and score >= critical:
+        return CRITICAL
+    if warning is not None and score >= warning:
+        return WARNING
+    return QUIET
 
 
 def _second(p: list[float]) -> float:
@@ -76,6 +86,7 @@ class NormGrowthRule(Rule):
             "b": None,
             "bs": None,  # early baseline: buffer, log value, step
             "win": [],  # [[step, log value], ...]: per-bucket minima, oldest first
+            "wm": None,  # the window's minimum entry (oldest of equal minima), kept incrementally
             "rec": [],  # log values of the last `sustain - 1` observations
             "ref": None,
             "rs": None,  # frozen reference (log value, step) while firing
@@ -100,21 +111,27 @@ class NormGrowthRule(Rule):
                 rec.pop(0)
             s["v"], s["t"] = value, step
             return
-        cur = min(rec + [lv])  # sustained value: every one of the last `sustain` observations is this high
+        cur = lv  # sustained value: every one of the last `sustain` observations is this high
+        for x in rec:
+            if x < cur:
+                cur = x
 
         if s["ref"] is not None:
             g, g_step, g_ref = cur - s["ref"], s["rs"], s["ref"]
         elif win:
-            g_step, g_ref = min(win, key=_second)  # the oldest of equal minima
+            wm = s.get("wm")
+            if wm is None:  # a snapshot from before the cached minimum existed
+                wm = s["wm"] = list(min(win, key=_second))
+            g_step, g_ref = wm  # the oldest of equal minima
             g = cur - g_ref
         else:
             g, g_step, g_ref = 0.0, step, cur
         bg = cur - s["b"] if s["b"] is not None else 0.0
 
         # Thresholds compared in log space (precomputed): no exp() on the hot path.
-        g_enter = level_of(g, *self.g_enter)
-        enter = max(g_enter, level_of(bg, *self.b_enter))
-        hold = max(level_of(g, *self.g_hold), level_of(bg, *self.b_hold))
+        g_enter = _level(g, self.g_enter)
+        enter = max(g_enter, _level(bg, self.b_enter))
+        hold = max(_level(g, self.g_hold), _level(bg, self.b_hold))
         if advance(s, enter, hold) == QUIET:
             s["ref"] = s["rs"] = None
         elif s["ref"] is None and g_enter > QUIET:
@@ -129,16 +146,27 @@ class NormGrowthRule(Rule):
             rec.pop(0)
         # The window keeps one minimum per bucket of `window_steps / window_points` steps, so it
         # spans `window_steps` whatever the monitoring cadence, in at most `window_points` entries.
+        # The window's minimum ("wm", oldest of equal minima) is kept alongside it: recomputing it
+        # per observation was the detector's hottest line (96 series x every step).
         width = max(1, cfg.window_steps // cfg.window_points)
+        wm = s.get("wm") if win else None
+        if wm is None and win:
+            wm = list(min(win, key=_second))
         if win and win[-1][0] // width == step // width:
             if lv < win[-1][1]:
+                if wm[0] == win[-1][0] or lv < wm[1]:
+                    wm = [step, lv]
                 win[-1] = [step, lv]
         else:
             win.append([step, lv])
+            if wm is None or lv < wm[1]:
+                wm = [step, lv]
         while len(win) > cfg.window_points or (
             len(win) > cfg.window_min_points and win[0][0] < step - cfg.window_steps
         ):
-            win.pop(0)
+            if win.pop(0)[0] == wm[0]:
+                wm = list(min(win, key=_second)) if win else None
+        s["wm"] = wm
         if s["b"] is None:
             s["bl"].append(lv)
             if len(s["bl"]) >= cfg.baseline_points:

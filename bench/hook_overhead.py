@@ -6,11 +6,12 @@ interleaved round-robin (the order rotates every round, so machine noise and dri
 them alike); each figure is the median over rounds of the mean step time of ``--steps`` steps:
 
 - ``none``: no hooks; attention through ``scaled_dot_product_attention``.
-- ``explicit``: no hooks, but ``record_attention=True``: the explicit attention path that
+- ``explicit``: no hooks, but ``record_attention=True``: the attention probes are fed (SDPA
+  for the training graph, logits and probabilities recomputed outside autograd), the path that
   materialises the (B, nh, T, T) logits/probabilities, i.e. the price of seeing them at all.
 - ``hooks_nologits``: ``attach(logits=False)``, every=1: output norms, loss, lr, grad norm.
-- ``hooks``: ``attach()``, every=1, all sites, logit max and entropy (explicit path included).
-- ``hooks_every10``: as ``hooks`` with ``every=10`` (explicit path only on recorded steps).
+- ``hooks``: ``attach()``, every=1, all sites, logit max and entropy (probe path included).
+- ``hooks_every10``: as ``hooks`` with ``every=10`` (probe path only on recorded steps).
 
 Prints the table and writes the "Hook overhead" section of docs/benchmarks.md.
 Usage: ``python bench/hook_overhead.py [--rounds 7] [--steps 10] [--threads 1] [--device cpu]``.
@@ -164,14 +165,18 @@ def section(
     cfg, train = preset("small"), preset_defaults("small")
     rows = [
         ("none", "no hooks (SDPA attention)"),
-        ("explicit", "no hooks, explicit attention path (`record_attention=True`)"),
+        ("explicit", "no hooks, attention probes fed (`record_attention=True`)"),
         ("hooks_nologits", "hooks every=1, `logits=False` (norms, loss, lr, grad norm)"),
         ("hooks", "hooks every=1, all sites + logit max + entropy"),
         ("hooks_every10", "hooks every=10, all sites + logit max + entropy"),
     ]
     path_cost = med["explicit"] - base
     hook_cost = med["hooks"] - med["explicit"]
-    dominant = "the explicit attention path" if path_cost > hook_cost else "the hooks' own statistics"
+    dominant = (
+        "feeding the attention probes (logits + softmax recomputed)"
+        if path_cost > hook_cost
+        else "the hooks' own statistics"
+    )
     spread = {c: (min(v) / med[c], max(v) / med[c]) for c, v in times[primary].items()}
     try:
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -209,11 +214,11 @@ def section(
     lines += [
         "",
         f"- Overhead at every=1 with logits on: **{(med['hooks'] / base - 1) * 100:+.1f}%** of step time"
-        f" (of which the hooks alone, against the same explicit attention path:"
+        f" (of which the hooks alone, against the same probe path:"
         f" **{(med['hooks'] / med['explicit'] - 1) * 100:+.1f}%**);"
         f" with `logits=False`: **{(med['hooks_nologits'] / base - 1) * 100:+.1f}%**;"
         f" at every=10: **{(med['hooks_every10'] / base - 1) * 100:+.1f}%**. Target: <= 2% at every=1.",
-        f"- Of the every=1 logits-on overhead, the explicit attention path accounts for"
+        f"- Of the every=1 logits-on overhead, feeding the attention probes accounts for"
         f" {path_cost * 1e3:+.1f} ms/step and the hooks' statistics on top of it for"
         f" {hook_cost * 1e3:+.1f} ms/step: {dominant} dominates.",
         "- Differences within the min..max spread are noise.",

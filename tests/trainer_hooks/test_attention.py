@@ -34,8 +34,24 @@ def test_explicit_path_matches_sdpa(variant, T):
     x = torch.randn(3, T, attn.n_embd, dtype=torch.float64)
     fast = attn(x)
     attn.record_attention = True
+    recorded = attn(x)  # SDPA for the output, probes fed outside autograd
+    torch.testing.assert_close(recorded, fast, rtol=1e-10, atol=1e-12)
+    # The explicit path (the one the capping variants take) with the cap switched off.
+    attn.caps_logits = True
     explicit = attn(x)
     torch.testing.assert_close(explicit, fast, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", UNCAPPED)
+def test_recorded_fast_path_keeps_probes_out_of_autograd(variant):
+    attn = _attn(variant)
+    attn.record_attention = True
+    seen = {}
+    attn.logit_probe.register_forward_hook(lambda m, i, o: seen.__setitem__("logits", o))
+    x = torch.randn(2, 5, attn.n_embd, dtype=torch.float64, requires_grad=True)
+    attn(x).sum().backward()
+    assert not seen["logits"].requires_grad
+    assert x.grad is not None
 
 
 @pytest.mark.parametrize("variant", UNCAPPED + CAPPED)

@@ -8,8 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/stabmon
-# Only what the collector needs; trainer_hooks (torch) stays out of the image.
-COPY pyproject.toml constraints.txt README.md ./
+# Only what the collector needs; trainer_hooks (torch) stays out of the image. (README.md is
+# the package's long description: copied when present, the build does not depend on it.)
+COPY pyproject.toml constraints.txt README.md* ./
 COPY stabmon/ stabmon/
 COPY monitor/ monitor/
 COPY dashboard/ dashboard/

@@ -35,9 +35,10 @@ DEFAULT_VARIANTS = ("baseline", "qk_norm_cap")
 class DemoConfig:
     preset: str = "small"
     steps: int = 300
-    lr: float = 0.1
-    """Peak LR: high enough that ``baseline`` diverges on ``small`` while the stable variant trains."""
-    warmup: int = 20
+    lr: float = 0.3
+    """Peak LR: on ``small`` with this warmup, ``baseline`` learns, then diverges as the LR ramps
+    up (step ~136), while ``qk_norm_cap`` keeps improving (measured; see docs/alerts.md)."""
+    warmup: int = 150
     grad_clip: float = 1.0
     variants: tuple[str, ...] = DEFAULT_VARIANTS
     seed: int = 0

@@ -52,66 +52,68 @@ class _Display:
         self.console.print(f"[red]run {self.names[i]} failed:[/]\n{text}")
 
 
+def _counts(alerts: list[dict]) -> str:
+    crit = sum(a["severity"] == "critical" for a in alerts)
+    warn = len(alerts) - crit
+    return ", ".join([f"{crit} crit"] * bool(crit) + [f"{warn} warn"] * bool(warn)) or "none"
+
+
+def _verdict(r: Any) -> str:
+    if r.diverged and r.lead_steps is not None and r.lead_steps > 0:
+        return (
+            f"diverged at step {r.diverged_at}; first alert at step {r.first_alert_step}, "
+            f"{r.lead_steps} steps earlier"
+        )
+    if r.diverged:
+        first = (
+            "no alert before" if r.first_alert_step is None else f"first alert at step {r.first_alert_step}"
+        )
+        return f"diverged at step {r.diverged_at}; {first}"
+    return (
+        f"did not diverge; alerts: {_counts(r.alerts).replace('crit', 'critical').replace('warn', 'warning')}"
+    )
+
+
 def _summary(report: Any, console: Any) -> None:
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="stabmon demo", show_lines=False)
-    for col in (
-        "variant",
-        "lr",
-        "status",
-        "diverged at",
-        "first alert",
-        "lead (steps)",
-        "alerts",
-        "final loss",
-    ):
-        table.add_column(col)
+    table = Table(title=f"stabmon demo, LR {report.runs[0].lr:g}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("run", "status", "diverged", "1st alert", "lead", "alerts", "loss"):
+        table.add_column(col, no_wrap=True)
     for r in report.runs:
-        rules = ", ".join(f"{a['rule']}({a['severity'][0]})@{a['step']}" for a in r.alerts[:4])
-        if len(r.alerts) > 4:
-            rules += f" +{len(r.alerts) - 4}"
         final = f"{r.final_loss:.3f}" if isinstance(r.final_loss, (int, float)) else str(r.final_loss or "-")
         table.add_row(
             r.variant,
-            f"{r.lr:g}",
             r.error and "[red]error[/]" or r.status,
             "-" if r.diverged_at is None else str(r.diverged_at),
             "-" if r.first_alert_step is None else str(r.first_alert_step),
             "-" if r.lead_steps is None else str(r.lead_steps),
-            rules or "none",
+            _counts(r.alerts),
             final,
         )
     console.print(table)
     for r in report.runs:
-        if r.diverged and r.lead_steps is not None and r.lead_steps > 0:
-            verdict = (
-                f"first alert at step {r.first_alert_step}, {r.lead_steps} steps before the loss "
-                f"diverged at step {r.diverged_at}"
-            )
-        elif r.diverged:
-            verdict = f"diverged at step {r.diverged_at}, " + (
-                "no alert before"
-                if r.first_alert_step is None
-                else f"first alert at step {r.first_alert_step}"
-            )
-        else:
-            verdict = "did not diverge, " + (f"{len(r.alerts)} alert(s)" if r.alerts else "no alerts")
-        console.print(f"[bold]{r.variant}[/]: {verdict}")
-        console.print(f"  dashboard: {r.dashboard_url}")
-        console.print(f"  API:       {r.api_url}  (Authorization: Bearer <token in {report.token_file}>)")
-    console.print(f"collector data is in {report.db}; serve it again with:\n  {report.serve_command}")
+        console.print(f"[bold]{r.variant}[/]: {_verdict(r)}")
+        for a in r.alerts:
+            color = "red" if a["severity"] == "critical" else "yellow"
+            line = f"  [{color}]{a['severity']:<8}[/] {a['rule']:<16} step {a['step']:>5}: {a['message']}"
+            console.print(line, no_wrap=True, overflow="ellipsis")
+        # Links on lines of their own, never wrapped: they are meant to be copied.
+        console.print(f"  dashboard: {r.dashboard_url}", soft_wrap=True)
+        console.print(f"  API:       {r.api_url}", soft_wrap=True)
+    console.print(f"API token: {report.token_file}", soft_wrap=True)
+    console.print(f"The runs stay in {report.db}; to see them again:", soft_wrap=True)
+    console.print(f"  {report.serve_command}", soft_wrap=True)
     console.print(f"demo wall time {report.wall_s:.0f} s")
 
 
 def demo_cmd(
     preset: str = typer.Option("small", help="Model size: tiny | small."),
     steps: int = typer.Option(300, help="Optimizer steps per run."),
-    lr: float = typer.Option(0.1, help="Peak learning rate of both runs."),
-    warmup: int = typer.Option(20, help="Linear warmup steps."),
-    variants: str = typer.Option(
-        ",".join(("baseline", "qk_norm_cap")), help="Comma-separated variants to train."
-    ),
+    lr: float = typer.Option(0.3, help="Peak learning rate of both runs."),
+    warmup: int = typer.Option(150, help="Linear warmup steps."),
+    variants: str = typer.Option("baseline,qk_norm_cap", help="Comma-separated variants to train."),
     seed: int = typer.Option(0),
     db: Path = typer.Option(Path(".stabmon/demo.db"), help="SQLite file of the demo's collector."),
     port: int = typer.Option(0, help="Collector port (0: 8321 if free, else any free one)."),

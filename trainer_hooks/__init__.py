@@ -1,7 +1,7 @@
 """stabmon's training side: the GPT model and trainer, the forward hooks, the collector client.
 
 The common entry points are re-exported here: ``attach`` and ``Monitor`` (forward hooks, from
-:mod:`trainer_hooks.hooks`) and ``Client`` and ``MemorySink`` (from :mod:`trainer_hooks.client`).
+:mod:`trainer_hooks.hooks`) and ``Client``, ``RunInfo`` and ``MemorySink`` (from :mod:`trainer_hooks.client`).
 They load lazily on first access, so ``import trainer_hooks.config`` (or this package) stays
 cheap and never fails, even where torch or httpx are missing until a name is actually used.
 """
@@ -16,6 +16,7 @@ _EXPORTS = {
     "Monitor": "trainer_hooks.hooks",
     "Client": "trainer_hooks.client",
     "MemorySink": "trainer_hooks.client",
+    "RunInfo": "trainer_hooks.client",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from dashboard import mount as mount_dashboard
 from monitor.alerts.service import install_alerts, stop_alerts
-from monitor.api.errors import BodyLimitMiddleware, install_error_handlers
+from monitor.api.errors import BodyLimitMiddleware, document_error_shapes, install_error_handlers
 from monitor.api.routes import alerts, health, points, runs, series
 from monitor.ingest import DetectorFactory, IngestService, Notifier
 from monitor.metrics import AppMetrics, TimingMiddleware
@@ -79,6 +79,7 @@ def create_app(
     for module in (runs, points, series, alerts, health):
         app.include_router(module.router)
     install_error_handlers(app, metrics, settings.retry_after_s)
+    document_error_shapes(app)
     # Outermost first: timing sees every request, including 413s from the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(TimingMiddleware, metrics=metrics)

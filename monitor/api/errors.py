@@ -88,6 +88,39 @@ class BodyLimitMiddleware:
             await self._too_large()(scope, receive, send)
 
 
+def document_error_shapes(app: FastAPI) -> None:
+    """Make the OpenAPI schema describe the 422 bodies this app really sends: ``detail`` is a
+    list of ``{"loc": "body.points.0.step", "msg", "type"}`` (``loc`` dotted, not FastAPI's
+    array) for validation errors, or a string naming the problem for checks made in a route
+    (an unknown detector rule, a limit). Generated clients and schema-driven tests then agree
+    with the wire."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        comps = schema.get("components", {}).get("schemas", {})
+        if "ValidationError" in comps:
+            comps["ValidationError"]["properties"]["loc"] = {
+                "type": "string",
+                "title": "Location",
+                "description": "Dotted path of the offending input, e.g. body.points.0.step",
+            }
+        if "HTTPValidationError" in comps:
+            comps["HTTPValidationError"]["properties"]["detail"] = {
+                "title": "Detail",
+                "anyOf": [
+                    {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}},
+                    {"type": "string"},
+                ],
+            }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+
+
 def install_error_handlers(app: FastAPI, metrics: AppMetrics, retry_after_s: int) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, e: HTTPException) -> JSONResponse:

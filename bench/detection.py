@@ -2,8 +2,10 @@
 
 Builds (or, with ``--reuse``, only reads) a labelled corpus of training runs with the sweep
 library (`trainer_hooks.sweep`): all five norm variants x a learning-rate grid from stable to
-divergent x 2 seeds, with warmup (the ``stabmon sweep`` grid) and without; every run's per-step
-records in JSONL under ``out/corpus/`` (git-ignored; this script re-creates it, resumably).
+divergent x 2 seeds, with warmup (the ``stabmon sweep`` grid), without, and with a slow ramp
+(warmup over half the run, so that the high LRs cross the stability edge mid-run rather than in
+the first steps); every run's per-step records in JSONL under ``out/corpus/{preset}/``
+(git-ignored; this script re-creates it, resumably).
 Labels come from `stabmon.divergence.find_divergence` on the full loss history; the detectors see
 only the prefix, one step at a time (`bench.detection_metrics`). It then
 
@@ -47,8 +49,11 @@ from bench.detection_metrics import (  # noqa: E402
 )
 from bench.reference_detectors import KillLossSpike, SpikeScore  # noqa: E402
 
-LRS_WARMUP = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+LRS_WARMUP = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 0.5, 0.7, 1.0)
+"""The `stabmon sweep` grid plus 0.5 and 0.7, which resolve the top of the stable range."""
 LRS_NO_WARMUP = (3e-2, 1e-1, 3e-1)
+LRS_RAMP = (1e-1, 3e-1, 1.0)
+"""A warmup over half the run: the LR crosses the stability edge mid-run, not in the first steps."""
 SEEDS = (0, 1)
 
 # Key thresholds searched per rule (the others keep their defaults). Warning thresholds follow
@@ -70,8 +75,8 @@ GRID: dict[str, list[dict[str, Any]]] = {
 
 
 def corpus_configs(root: str | Path, preset: str, steps: int, jobs: int = 2):
-    """The corpus's two grids under ``root/preset``: with warmup (10% of the run: the
-    ``stabmon sweep`` grid) and without."""
+    """The corpus's grids under ``root/preset``: with warmup (10% of the run: the ``stabmon
+    sweep`` grid), without, and with a slow ramp (warmup over half the run) at the high LRs."""
     from trainer_hooks.sweep import SweepConfig
 
     base = Path(root) / preset
@@ -79,6 +84,7 @@ def corpus_configs(root: str | Path, preset: str, steps: int, jobs: int = 2):
     return [
         SweepConfig(lrs=LRS_WARMUP, warmups=(steps // 10,), out=str(base / "warmup"), **common),
         SweepConfig(lrs=LRS_NO_WARMUP, warmups=(0,), out=str(base / "nowarmup"), **common),
+        SweepConfig(lrs=LRS_RAMP, warmups=(steps // 2,), out=str(base / "ramp"), **common),
     ]
 
 
@@ -198,9 +204,14 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def plot_timeline(runs: Sequence[Run], alerts: dict[str, dict[str, int | None]], path: Path) -> Path:
-    """One row per diverging run (and per stable run with any alert): the divergence step and
-    each detector's first alert."""
+def plot_timeline(
+    runs: Sequence[Run],
+    alerts: dict[str, dict[str, int | None]],
+    path: Path,
+    warnings: dict[str, int | None] | None = None,
+) -> Path:
+    """One row per diverging run (and per stable run that any detector alerted on): the
+    divergence step, each detector's first alert, and (hollow) stabmon's first warning."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,24 +220,28 @@ def plot_timeline(runs: Sequence[Run], alerts: dict[str, dict[str, int | None]],
     shown = [r for r in runs if r.diverged] + [
         r for r in runs if not r.diverged and any(a.get(r.name) is not None for a in alerts.values())
     ]
-    fig, ax = plt.subplots(figsize=(9, 0.22 * len(shown) + 1.6), dpi=110)
-    markers = ["o", "s", "^", "v", "D", "P"]
+    fig, ax = plt.subplots(figsize=(9, 0.2 * len(shown) + 1.8), dpi=110)
     for y, r in enumerate(shown):
         if r.diverged:
-            ax.plot([r.diverged_at], [y], "|", color="black", markersize=14, mew=2)
-        ax.plot([0, r.steps], [y, y], color="0.85", lw=0.8, zorder=0)
-    for (name, first), m in zip(alerts.items(), markers, strict=False):
+            ax.plot([r.diverged_at], [y], "|", color="black", markersize=12, mew=2)
+        ax.plot([0, r.steps], [y, y], color="0.88", lw=0.8, zorder=0)
+    if warnings is not None:
+        pts = [(warnings[r.name], y) for y, r in enumerate(shown) if warnings.get(r.name) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", mfc="none", color="tab:blue", ms=7, ls="none",
+                label="stabmon warning")  # fmt: skip
+    for (name, first), m in zip(alerts.items(), ["o", "^", "v", "s", "D"], strict=False):
         pts = [(first[r.name], y) for y, r in enumerate(shown) if first.get(r.name) is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], m, label=name, alpha=0.8, markersize=5, ls="none")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], m, label=name, alpha=0.85, ms=5, ls="none")
     ax.plot([], [], "|", color="black", markersize=10, mew=2, label="divergence (ground truth)")
     ax.set_yticks(range(len(shown)))
     ax.set_yticklabels([r.name + ("" if r.diverged else "  (stable)") for r in shown], fontsize=6)
-    ax.set_xlabel("step")
+    ax.set_xlabel("step (symlog)")
     ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(0, max(r.steps for r in shown) if shown else 1)
     ax.invert_yaxis()
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("First critical alert per detector vs divergence step")
+    ax.set_title("First critical alert per detector vs the divergence step")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -257,11 +272,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results.update({name: score(runs, first) for name, first in refs.items()})
     warnings = score(runs, default.warning)
     by_subset = {
-        f"{label}": score(subset, default.critical)
+        label: score(subset, default.critical)
         for label, subset in (
-            ("warmup", [r for r in runs if r.warmup > 0]),
+            ("warmup 10%", [r for r in runs if 0 < r.warmup < r.steps // 2]),
             ("no warmup", [r for r in runs if r.warmup == 0]),
+            ("warmup 50% (ramp)", [r for r in runs if r.warmup >= r.steps // 2]),
         )
+        if subset
     }
     options = rule_options(runs)
     calib: dict[str, Any] = {}
@@ -274,8 +291,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "test": score(by_seed[test], tuned.critical),
             "test_defaults": score(by_seed[test], ours(by_seed[test]).critical),
         }
-    warm = [r for r in runs if r.warmup > 0]
-    early = early_stop_replay(warm, {k: v for k, v in default.critical.items()})
+    sweep = [r for r in runs if 0 < r.warmup < r.steps // 2]  # the `stabmon sweep` grid
+    early = early_stop_replay(sweep, default.critical)
     report = {
         "runs": len(runs),
         "positives": sum(r.diverged for r in runs),
@@ -314,11 +331,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         runs,
         {
             "stabmon critical": default.critical,
-            "stabmon warning": default.warning,
             "foundry (window 20)": refs["foundry (window 20)"],
             "olmo 6-sigma (window 20)": refs["olmo 6-sigma (window 20)"],
         },
         img / f"detection_timeline_{args.preset}.png",
+        warnings=default.warning,
     )
     print(md)
     print(json.dumps(early, indent=1))

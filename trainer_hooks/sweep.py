@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,12 @@ def run_sweep(
             for i, fut in enumerate(as_completed(futures), 1):
                 try:
                     done(fut.result(), i)
+                except BrokenProcessPool:
+                    # A worker died (killed, out of memory): every pending cell fails the same way.
+                    pool.shutdown(cancel_futures=True)
+                    raise RuntimeError(
+                        "a sweep worker process died; finished cells are kept, re-run to resume"
+                    ) from None
                 except Exception as e:
                     log.error("cell %s failed: %s", futures[fut].name, e)
                     failures.append((futures[fut], e))

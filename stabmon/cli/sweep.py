@@ -32,13 +32,15 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 def max_stable_lr(rows: list[dict]) -> dict[str, float | None]:
     """Per variant, the top of the stable range: the largest LR of the grid such that no seed
     diverged at it or at any smaller LR (None: already the smallest LR diverged). A stable LR
-    above a diverging one (a lucky seed pair) does not extend the range."""
+    above a diverging one (a lucky seed pair) does not extend the range, and a run the detector
+    stopped early (``stopped_early``) counts as unstable: it was not allowed to show otherwise."""
     out: dict[str, float | None] = {}
     for v in dict.fromkeys(r["variant"] for r in rows):
         by_lr: dict[float, bool] = {}
         for r in rows:
             if r["variant"] == v:
-                by_lr[r["lr"]] = by_lr.get(r["lr"], False) or bool(r["diverged"])
+                bad = bool(r["diverged"]) or bool(r.get("stopped_early"))
+                by_lr[r["lr"]] = by_lr.get(r["lr"], False) or bad
         top = None
         for lr in sorted(by_lr):
             if by_lr[lr]:
@@ -108,10 +110,14 @@ def sweep_cmd(
     total = len(cfg.cells())
 
     def show(row: dict, done: int, todo: int) -> None:
-        state = f"diverged at {row['diverged_at']}" if row["diverged"] else "stable"
-        stop = f", stopped at {row['steps_run']} (critical)" if row["stopped_early"] else ""
+        if row["stopped_early"]:
+            state = f"stopped at step {row['first_critical_step']} ({row['first_critical_rule']}, critical)"
+            if row["diverged"]:
+                state += f", loss diverged at {row['diverged_at']}"
+        else:
+            state = f"diverged at {row['diverged_at']}" if row["diverged"] else "stable"
         val = "-" if row["val_loss"] is None else f"{row['val_loss']:.3f}"
-        console.print(f"[{done}/{todo}] {row['name']}: val {val}, {state}{stop}, {row['wall_s']:.0f}s")
+        console.print(f"[{done}/{todo}] {row['name']}: val {val}, {state}, {row['wall_s']:.0f}s")
 
     console.print(f"sweep: {total} runs in {out} ({jobs or os.cpu_count()} at a time)")
     try:
@@ -120,7 +126,7 @@ def sweep_cmd(
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
 
-    table = Table(title="maximum stable learning rate (no seed diverged at it or below)")
+    table = Table(title="maximum stable LR (no seed diverged or was stopped, at it or below)")
     table.add_column("variant")
     table.add_column("max stable LR")
     for v, lr in max_stable_lr(rows).items():

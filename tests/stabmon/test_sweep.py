@@ -143,8 +143,10 @@ def test_cell_names_and_max_stable_lr():
         {"variant": "b", "lr": 0.01, "diverged": True},
         {"variant": "c", "lr": 0.3, "diverged": False},
         {"variant": "c", "lr": 0.03, "diverged": False},
+        {"variant": "d", "lr": 0.03, "diverged": False},
+        {"variant": "d", "lr": 0.3, "diverged": False, "stopped_early": True},  # stopped: not stable
     ]
-    assert max_stable_lr(rows) == {"a": 0.01, "b": None, "c": 0.3}
+    assert max_stable_lr(rows) == {"a": 0.01, "b": None, "c": 0.3, "d": 0.03}
 
 
 @pytest.mark.slow  # two spawned worker processes, each importing torch
@@ -158,7 +160,7 @@ def test_cli_runs_two_cells_in_two_processes_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr
     rows = json.loads(first.stdout)
     assert sorted(r["name"] for r in rows) == ["baseline-lr0.01-wd-s0", "qkv_norm-lr0.01-wd-s0"]
-    assert "maximum stable learning rate" in first.stderr
+    assert "maximum stable LR" in first.stderr
     assert json.loads((tmp_path / "sweep.json").read_text())["jobs"] == 2
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert second.returncode == 0 and json.loads(second.stdout) == rows

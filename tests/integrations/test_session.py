@@ -185,3 +185,17 @@ def test_under_ddp_with_reduce_only_rank_0_builds_a_client(monkeypatch, tmp_path
         assert isinstance(sink, Client) and sink.run_id == "shared"
     finally:
         sink.close(status=None, timeout=0.2)
+
+
+def test_the_stop_flag_travels_on_the_host_even_over_nccl(monkeypatch):
+    created = []
+    monkeypatch.setattr(session, "_CPU_GROUPS", {})
+    monkeypatch.setattr(
+        session.dist, "new_group", lambda backend: created.append(backend) or f"group:{backend}"
+    )
+    for backend, expected in [("gloo", None), ("cpu:gloo,cuda:nccl", None), ("mpi", None)]:
+        monkeypatch.setattr(session.dist, "get_backend", lambda b=backend: b)
+        assert session.cpu_group() is expected
+    monkeypatch.setattr(session.dist, "get_backend", lambda: "nccl")
+    assert session.cpu_group() == "group:gloo" and session.cpu_group() == "group:gloo"
+    assert created == ["gloo"]  # made once, then reused

@@ -121,23 +121,37 @@ def rank() -> int:
     return dist.get_rank() if distributed() else 0
 
 
-def _flag_device() -> torch.device:
-    # NCCL only moves CUDA tensors; every other backend (gloo, mpi) takes CPU tensors.
-    if torch.cuda.is_available() and "nccl" in str(dist.get_backend()):
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+_CPU_GROUPS: dict[Any, Any] = {}
+
+
+def cpu_group() -> Any:
+    """A process group that carries CPU tensors: the default group, unless it speaks NCCL only.
+
+    Over NCCL the stop flag would have to be a CUDA tensor, and reading it back would sync the
+    device at every step; a gloo group over the same ranks carries it on the host instead. It is
+    created once per default group, at the first handshake, which every rank reaches together
+    (creating a group is itself a collective).
+    """
+    backend = str(dist.get_backend())
+    if "gloo" in backend or "mpi" in backend:  # e.g. "gloo", "cpu:gloo,cuda:nccl"
+        return None
+    world = dist.group.WORLD
+    if world not in _CPU_GROUPS:
+        _CPU_GROUPS[world] = dist.new_group(backend="gloo")
+    return _CPU_GROUPS[world]
 
 
 def agree(flag: bool) -> bool:
-    """Rank 0's ``flag`` on every rank (a one-element broadcast); ``flag`` itself without DDP.
+    """Rank 0's ``flag`` on every rank (a one-element broadcast on the host); ``flag`` itself
+    without DDP.
 
     Only rank 0 talks to the collector, so only rank 0 hears alerts; every rank must call this
     at the same step boundary, which is what makes them stop at the same step.
     """
     if not distributed():
         return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_flag_device())
-    dist.broadcast(t, src=0)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.broadcast(t, src=0, group=cpu_group())
     return bool(t.item())
 
 
@@ -145,7 +159,7 @@ def shared_run_id() -> str:
     """A fresh run id, the same on every rank (rank 0 draws it)."""
     run_id = [uuid.uuid4().hex if rank() == 0 else None]
     if distributed():
-        dist.broadcast_object_list(run_id, src=0)
+        dist.broadcast_object_list(run_id, src=0, group=cpu_group())
     return str(run_id[0])
 
 

@@ -151,6 +151,36 @@ def _default_index(rule: str) -> int:
     return -1
 
 
+def ended_on_plateau(run: Run, tail: int = 20) -> bool:
+    """Outcome view (not the ground truth): the median of the run's last ``tail`` losses is no
+    better than the unigram plateau's lower edge, i.e. the run ended no better than a predictor
+    that ignores context. Non-finite losses count as failed."""
+    import math
+    import statistics
+
+    from stabmon.divergence import DivergenceConfig
+
+    if run.plateau_loss is None:
+        return False
+    last = run.losses[-tail:]
+    if any(not math.isfinite(v) for v in last):
+        return True
+    return statistics.median(last) >= run.plateau_loss - DivergenceConfig().plateau_margin
+
+
+def outcome_score(runs: Sequence[Run], first: dict[str, int | None]) -> dict[str, Any]:
+    """Alerts (at any step) against the outcome view: how many runs that ended on the plateau
+    were alerted, how many that ended below it were."""
+    bad = [r for r in runs if ended_on_plateau(r)]
+    good = [r for r in runs if not ended_on_plateau(r)]
+    return {
+        "ended_on_plateau": len(bad),
+        "alerted_of_those": sum(first.get(r.name) is not None for r in bad),
+        "ended_below": len(good),
+        "alerted_of_those_below": sum(first.get(r.name) is not None for r in good),
+    }
+
+
 def early_stop_replay(runs: Sequence[Run], crit: dict[str, int | None]) -> dict[str, Any]:
     """What ``stabmon sweep --early-stop`` would have done to these (full) runs."""
     from stabmon.cli.sweep import max_stable_lr
@@ -291,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "test": score(by_seed[test], tuned.critical),
             "test_defaults": score(by_seed[test], ours(by_seed[test]).critical),
         }
+    outcome = {
+        name: outcome_score(runs, first)
+        for name, first in {"stabmon (defaults)": default.critical, **refs}.items()
+    }
     sweep = [r for r in runs if 0 < r.warmup < r.steps // 2]  # the `stabmon sweep` grid
     early = early_stop_replay(sweep, default.critical)
     report = {
@@ -301,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "by_subset": by_subset,
         "calibration": calib,
         "early_stop": early,
+        "outcome": outcome,
         "per_run": [
             {
                 "name": r.name,
@@ -324,6 +359,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for k, c in calib.items():
         md += f"\n{k}: overrides {json.dumps(c['overrides'])}\n\n"
         md += table({"fit": c["fit"], "test (calibrated)": c["test"], "test (defaults)": c["test_defaults"]})
+    md += "\noutcome view (alert at any step vs ending on the unigram plateau):\n\n"
+    md += "| detector | alerted / ended on plateau | alerted / ended below it |\n|---|---|---|\n"
+    for name, o in outcome.items():
+        md += (
+            f"| {name} | {o['alerted_of_those']}/{o['ended_on_plateau']} "
+            f"| {o['alerted_of_those_below']}/{o['ended_below']} |\n"
+        )
     (report_dir / "detection.md").write_text(md)
     img = Path(args.img)
     img.mkdir(parents=True, exist_ok=True)

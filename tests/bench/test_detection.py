@@ -226,3 +226,18 @@ def test_load_run_labels_from_the_full_loss(tmp_path):
     run = load_run(tmp_path / "x.json")
     assert run.diverged_at == 4 and run.decided_at == 4 and "non-finite" in run.reason
     assert math.isnan(run.records[4][1]["loss"]) and math.isnan(run.losses[4])
+
+
+def test_outcome_view_is_the_final_loss_against_the_plateau():
+    from bench.detection import ended_on_plateau, outcome_score
+
+    stuck = _run("stuck")  # losses 3.0 throughout
+    stuck.plateau_loss = 3.2  # lower edge 2.95: 3.0 is on it
+    good = _run("good")
+    good.plateau_loss, good.losses = 3.2, [2.5] * 100
+    blown = _run("blown")
+    blown.plateau_loss, blown.losses = 3.2, [2.5] * 99 + [math.nan]
+    unknown = _run("unknown")  # no plateau: never counted as failed
+    assert [ended_on_plateau(r) for r in (stuck, good, blown, unknown)] == [True, False, True, False]
+    o = outcome_score([stuck, good, blown, unknown], {"stuck": 5, "good": 9, "blown": None, "unknown": None})
+    assert o == {"ended_on_plateau": 2, "alerted_of_those": 1, "ended_below": 2, "alerted_of_those_below": 1}

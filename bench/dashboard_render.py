@@ -22,7 +22,6 @@ import datetime as dt
 import os
 import platform
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -33,10 +32,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.report import BENCHMARKS_MD, write_section  # noqa: E402
 from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS, start_collector, stop_collector  # noqa: E402
 from tests.dashboard.synthetic import RunShape, batches, point_values  # noqa: E402
 
-DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Dashboard"
 RUN_ID = "render-bench"
 
@@ -116,18 +115,6 @@ def series_query_ms(url: str, token: str, run_id: str, keys: list[str], repeats:
     return statistics.median(times)
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) the Dashboard section of docs/benchmarks.md, leaving the others."""
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        new = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", current, count=1).rstrip("\n") + "\n"
-    else:
-        new = current.rstrip("\n") + "\n\n" + text
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=20_000)
@@ -205,8 +192,8 @@ Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count(
 shared with other jobs (load average {load:.1f} during the run); Chromium {chromium_version()}.
 Screenshot: `{res["screenshot"]}`.
 """
-    write_section(text)
-    print(f"wrote the Dashboard section of {DOCS.relative_to(REPO)}")
+    write_section("Dashboard", text)
+    print(f"wrote the Dashboard section of {BENCHMARKS_MD.relative_to(REPO)}")
 
 
 def chromium_version() -> str:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +35,10 @@ from trainer_hooks.hooks import attach
 from trainer_hooks.model import GPT
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
+if __package__ in (None, ""):  # run as a script: make `bench.*` importable
+    sys.path.insert(0, str(ROOT))
+from bench.report import BENCHMARKS_MD, write_section  # noqa: E402
+
 CONFIGS = ("none", "explicit", "hooks_nologits", "hooks", "hooks_every10")
 
 
@@ -238,17 +241,6 @@ def section(
     return "\n".join(lines)
 
 
-def write_section(text_section: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(r"^## Hook overhead\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: text_section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + text_section
-    DOC.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=7)
@@ -264,8 +256,8 @@ def main() -> None:
     text = section(times, components(args.device), args, args.device)
     print("\n" + text)
     if not args.no_write:
-        write_section(text)
-        print(f"wrote the 'Hook overhead' section of {DOC.relative_to(ROOT)}")
+        write_section("Hook overhead", text)
+        print(f"wrote the 'Hook overhead' section of {BENCHMARKS_MD.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

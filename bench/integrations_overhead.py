@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -41,7 +42,10 @@ import torch
 from trainer_hooks.config import preset
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
+if __package__ in (None, ""):  # run as a script: make `bench.*` importable
+    sys.path.insert(0, str(ROOT))
+from bench.report import BENCHMARKS_MD, write_section  # noqa: E402
+
 FRAMEWORKS = ("plain", "hf", "lightning")
 EXAMPLES = {"plain": "plain_loop.py", "hf": "hf_trainer.py", "lightning": "lightning_module.py"}
 SHAPE = preset("small")
@@ -296,17 +300,6 @@ def section(times, args) -> str:
     return "\n".join(out)
 
 
-def write_section(text_section: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(r"^## Integrations overhead\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: text_section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + text_section
-    DOC.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -325,8 +318,8 @@ def main() -> None:
     text = section(times, args)
     print("\n" + text)
     if not args.no_write:
-        write_section(text)
-        print(f"wrote the 'Integrations overhead' section of {DOC.relative_to(ROOT)}")
+        write_section("Integrations overhead", text)
+        print(f"wrote the 'Integrations overhead' section of {BENCHMARKS_MD.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ and the LR sensitivity of Wortsman et al. 2023 (the mean over the grid of
 ``min(loss(lr), initial loss) - best loss``, with a diverged or non-finite loss counted as the
 initial loss). It writes the markdown tables (``sweep_results.md``) and JSON next to the sweep,
 and the figures (validation loss vs LR, loss curves, per-layer norm trajectories of a diverging
-and a converging run of one variant) to ``--img``.
+and converging runs of one variant) to ``--img``.
 
     .venv/bin/python bench/sweep_results.py out/corpus/small/warmup [--img docs/img] [--tag small]
 """
@@ -68,21 +68,22 @@ def lr_sensitivity(
     return out
 
 
-def _pick_pair(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """A diverging and a converging run of the same variant and seed, preferring baseline: the
-    diverging run at the smallest diverging LR, the converging one at the largest stable LR below."""
+def pick_norm_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of one variant and seed (baseline first) for the norm-trajectory figure: the stable run
+    with the best validation loss, the largest stable LR below the first diverging one (when that
+    is another run), and the first diverging run. Empty if no variant has both kinds."""
     for variant in ["baseline", *dict.fromkeys(r["variant"] for r in rows)]:
         for seed in sorted({r["seed"] for r in rows}):
             mine = sorted(
                 (r for r in rows if r["variant"] == variant and r["seed"] == seed), key=lambda r: r["lr"]
             )
             div = next((r for r in mine if r["diverged"]), None)
-            if div is None:
+            ok = [r for r in mine if not r["diverged"] and r["lr"] < (div["lr"] if div else 0)]
+            if div is None or not ok:
                 continue
-            ok = [r for r in mine if not r["diverged"] and r["lr"] < div["lr"]]
-            if ok:
-                return ok[-1], div
-    return None
+            best = min(ok, key=lambda r: r["val_loss"] if r["val_loss"] is not None else math.inf)
+            return [best] + ([ok[-1]] if ok[-1] is not best else []) + [div]
+    return []
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -140,20 +141,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         img / f"sweep_loss_curves{tag}.png",
         f"Training loss per learning rate (seed {seed0})",
     )
-    pair = _pick_pair(rows)
-    if pair is not None:
-        ok, div = pair
+    picked = pick_norm_runs(rows)
+    if picked:
+
+        def label(r: dict[str, Any]) -> str:
+            val = "-" if r["val_loss"] is None else f"{r['val_loss']:.2f}"
+            state = f"diverges at {r['diverged_at']}" if r["diverged"] else "stable"
+            return f"{r['name']}: {state}, val {val}"
+
         plot_norm_trajectories(
-            [
-                (f"{ok['name']} (converges)", read_jsonl(out / "runs" / f"{ok['name']}.jsonl"), None),
-                (
-                    f"{div['name']} (diverges at {div['diverged_at']})",
-                    read_jsonl(out / "runs" / f"{div['name']}.jsonl"),
-                    div["diverged_at"],
-                ),
-            ],
+            [(label(r), read_jsonl(out / "runs" / f"{r['name']}.jsonl"), r["diverged_at"]) for r in picked],
             img / f"sweep_norms{tag}.png",
-            title=f"Per-layer output norms (l2_mean), {ok['variant']}",
+            title=f"Per-layer output norms (l2_mean) and attention-logit maxima, {picked[0]['variant']}",
         )
     md = markdown(rows)
     result = {
@@ -162,14 +161,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "ratios": ratios,
         "lr_sensitivity": lr_sensitivity(rows),
         "losses": {v: {str(k): c for k, c in t.items()} for v, t in loss_table(rows).items()},
-        "norm_pair": [pair[0]["name"], pair[1]["name"]] if pair else None,
+        "norm_runs": [r["name"] for r in picked],
     }
     (out / "sweep_results.md").write_text(md)
     (out / "sweep_results.json").write_text(json.dumps(result, indent=1))
     print(md)
     print(
         json.dumps(
-            {k: result[k] for k in ("max_stable_lr", "ratios", "lr_sensitivity", "norm_pair")}, indent=1
+            {k: result[k] for k in ("max_stable_lr", "ratios", "lr_sensitivity", "norm_runs")}, indent=1
         )
     )
     return result

@@ -4,9 +4,9 @@
 result rows and per-cell histories (`trainer_hooks.sweep`): ``loss_vs_lr.png`` (final
 validation loss per variant and LR, one marker per seed, diverged runs crossed out) and
 ``loss_curves.png`` (smoothed training loss of every LR, one panel per variant, first seed).
-`plot_norm_trajectories` draws the per-layer QKV/Proj/FC2 output norms of two runs side by side
-(a converging and a diverging one), the paper's precursor signal. matplotlib runs on the Agg
-backend, so no display is needed.
+`plot_norm_trajectories` draws the per-layer QKV/Proj/FC2 output norms and attention-logit
+maxima of a few runs side by side (converging and diverging ones), the paper's precursor
+signals. matplotlib runs on the Agg backend, so no display is needed.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def plot_loss_vs_lr(rows: Sequence[dict[str, Any]], path: str | Path, title: str
     """Final validation loss against peak LR, one line per variant (mean over the seeds that did
     not diverge), every seed as a marker; a diverged seed is an x at its (capped) loss."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=90)
     for v in _variants(rows):
         mine = [r for r in rows if r["variant"] == v]
         lrs = sorted({r["lr"] for r in mine})
@@ -88,7 +88,7 @@ def plot_loss_curves(details: Sequence[dict[str, Any]], path: str | Path, title:
     variants = _variants(details)
     cols = min(3, len(variants))
     nrows = math.ceil(len(variants) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), dpi=90, squeeze=False)
     lrs = sorted({d["lr"] for d in details})
     cmap = plt.get_cmap("viridis")
     colors = {lr: cmap(i / max(1, len(lrs) - 1)) for i, lr in enumerate(lrs)}
@@ -115,16 +115,17 @@ def plot_loss_curves(details: Sequence[dict[str, Any]], path: str | Path, title:
 def plot_norm_trajectories(
     runs: Sequence[tuple[str, Sequence[dict[str, Any]], int | None]],
     path: str | Path,
-    sites: Sequence[str] = ("qkv", "proj", "fc2"),
+    sites: Sequence[str] = ("qkv", "proj", "fc2", "attn.logit_max"),
     stat: str = "l2_mean",
     title: str = "",
 ) -> Path:
     """Per-layer output norms of a few runs side by side: ``runs`` is ``[(label, records,
     diverged_at), ...]`` with records as read by `trainer_hooks.client.read_jsonl`; one column per
-    run, one row per site, one line per layer, a vertical line at the divergence step."""
+    run, one row per site (``"site"`` draws ``stat``, ``"site.stat"`` that statistic), one line per
+    layer, a vertical line at the divergence step."""
     plt = _plt()
     fig, axes = plt.subplots(
-        len(sites), len(runs), figsize=(4.4 * len(runs), 2.6 * len(sites)), dpi=110, squeeze=False
+        len(sites), len(runs), figsize=(4.4 * len(runs), 2.6 * len(sites)), dpi=90, squeeze=False
     )
     for j, (label, records, diverged_at) in enumerate(runs):
         layers = sorted(
@@ -133,7 +134,7 @@ def plot_norm_trajectories(
         for i, site in enumerate(sites):
             ax = axes[i][j]
             for layer in layers:
-                key = f"layer.{layer}.{site}.{stat}"
+                key = f"layer.{layer}.{site}" if "." in site else f"layer.{layer}.{site}.{stat}"
                 pts = [(r["step"], r["values"][key]) for r in records if key in r["values"]]
                 pts = [(s, v) for s, v in pts if math.isfinite(v) and v > 0]
                 if pts:
@@ -142,7 +143,7 @@ def plot_norm_trajectories(
                 ax.axvline(diverged_at, color="red", ls="--", lw=1, label="divergence")
             ax.set_yscale("log")
             ax.grid(True, alpha=0.3)
-            ax.set_ylabel(f"{site} {stat}")
+            ax.set_ylabel(site.replace(".", " ") if "." in site else f"{site} {stat}")
             if i == 0:
                 ax.set_title(label, fontsize=9)
             if i == len(sites) - 1:

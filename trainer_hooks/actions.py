@@ -65,6 +65,10 @@ class PolicyConfig:
     after_max_rollbacks: Action = "stop"
     rollback_margin: int = 0
     """Restore a checkpoint at least this many steps before the first warning step."""
+    episode_gap: int = 50
+    """An *episode* (whose first alert decides the rollback target) ends once no alert of an
+    acting rule has been open or reported for this many steps; alerts closer together than
+    this belong to one episode, so a rollback goes back before the first of them."""
     stop_dir: str | None = None
     """Where ``stop`` saves its checkpoint; None: ``checkpoint_dir``, else the trainer's
     ``out``, else a new temporary directory (the path is logged and kept in ``events``)."""
@@ -79,8 +83,8 @@ class PolicyConfig:
             raise ValueError("checkpoint_every and keep_checkpoints must be >= 1")
         if not 0.0 < self.lr_factor <= 1.0:
             raise ValueError(f"lr_factor must be in (0, 1], got {self.lr_factor}")
-        if self.max_rollbacks < 0 or self.rollback_margin < 0:
-            raise ValueError("max_rollbacks and rollback_margin must be >= 0")
+        if self.max_rollbacks < 0 or self.rollback_margin < 0 or self.episode_gap < 1:
+            raise ValueError("max_rollbacks and rollback_margin must be >= 0, episode_gap >= 1")
         if self.rules is not None:
             self.rules = tuple(self.rules)
 
@@ -144,6 +148,7 @@ class AlertPolicy:
         self._segments: list[tuple[int, int]] = []  # (global step, trainer step) at each (re)start
         self._stale_before = -1  # alerts whose last_step <= this belong to an abandoned trajectory
         self._first_warning: int | None = None  # global step of the current episode's first alert
+        self._episode_last = -1  # global step at which an alert of the episode was last reported
         self._checkpoints: list[_Checkpoint] = []
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.rollbacks = 0
@@ -186,7 +191,12 @@ class AlertPolicy:
                 pending.extend(_alert_dict(a) for a in self.source.alerts)
             except Exception:
                 log.exception("stabmon: could not read the open alerts of %r", self.source)
-        action, trigger = self._decide(pending)
+        action, trigger, acting = self._decide(pending)
+        if acting:
+            self._episode_last = g
+        elif self._first_warning is not None and g - self._episode_last > self.config.episode_gap:
+            # The episode is over (quiet for episode_gap steps): a later one rolls back to its own start.
+            self._first_warning = None
         if action == "rollback":
             if self.rollbacks >= self.config.max_rollbacks:
                 log.warning(
@@ -206,21 +216,30 @@ class AlertPolicy:
             self._take_checkpoint(trainer)
         return None
 
-    def _decide(self, pending: list[dict[str, Any]]) -> tuple[str, dict[str, Any] | None]:
+    def _decide(self, pending: list[dict[str, Any]]) -> tuple[str, dict[str, Any] | None, bool]:
+        """The strongest action asked for, the alert asking for it, and whether any alert of
+        an acting rule is among ``pending``."""
         cfg = self.config
-        best, trigger = "none", None
+        best, trigger, acting = "none", None, False
         for alert in pending:
             if int(alert.get("last_step", alert.get("step", 0))) <= self._stale_before:
                 continue  # about steps a rollback already undid
-            if alert.get("status", "open") != "open":
-                continue
             sev = str(alert.get("severity", "warning"))
+            if alert.get("status", "open") != "open":
+                # Already over: nothing to act on, but it still dates the episode's start.
+                if cfg.rules is None or alert.get("rule") in cfg.rules:
+                    acting = True
+                    step = max(int(alert.get("step", 0)), self._stale_before + 1)
+                    if self._first_warning is None or step < self._first_warning:
+                        self._first_warning = step
+                continue
             act = cfg.on_critical if sev == "critical" else cfg.on_warning
             if cfg.rules is not None and alert.get("rule") not in cfg.rules:
                 act = "log" if act != "none" else "none"
             else:
                 # The episode starts at the first alert of an acting rule; one still open from
                 # before a rollback counts as starting right after it.
+                acting = True
                 step = max(int(alert.get("step", 0)), self._stale_before + 1)
                 if self._first_warning is None or step < self._first_warning:
                     self._first_warning = step
@@ -240,7 +259,7 @@ class AlertPolicy:
                 and _SEVERITY.get(sev, 0) > _SEVERITY.get(trigger.get("severity"), 0)
             ):
                 best, trigger = act, alert
-        return best, trigger
+        return best, trigger, acting
 
     def trainer_step(self, global_step: int) -> int:
         """The trainer step that the monitor's ``global_step`` measured."""

@@ -93,7 +93,14 @@ def inject_at(policy: AlertPolicy, when: dict[int, dict]):
 
 @pytest.fixture(scope="module")
 def diverged_without_policy():
-    return train(TrainConfig(**DIVERGING), sink=DetectorAlerts())
+    # Module scope runs before the per-test one-thread fixture: pin the threads here too, so
+    # this run and the one it is compared with compute identically up to the first alert.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(TrainConfig(**DIVERGING), sink=DetectorAlerts())
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_rollback_turns_a_diverging_run_into_a_converging_one(diverged_without_policy):
@@ -264,3 +271,37 @@ def test_config_validation_and_presets():
         PolicyConfig(after_max_rollbacks="rollback")
     # An unreadable alert is logged and ignored: it never raises into the client's thread.
     AlertPolicy()(object())
+
+
+def test_a_resolved_episode_does_not_pull_a_later_rollback_back():
+    """A warning at step 5 that resolved long before must not make a rollback at step 30 return
+    to step 5; one that came shortly before would (same episode)."""
+
+    class OpenAlerts:  # what client.alerts returns: the currently open alerts
+        alerts: list = []
+
+    source = OpenAlerts()
+    policy = AlertPolicy(
+        on_critical="rollback", checkpoint_every=5, keep_checkpoints=10, episode_gap=10, source=source
+    )
+
+    def script(info):
+        source.alerts = {5: [alert(aid=1, severity="warning", step=5)], 30: [alert(aid=2, step=30)]}.get(
+            info.step, []
+        )
+
+    trainer = Trainer(TrainConfig(preset="tiny", steps=35, eval_every=0))
+    trainer.callbacks = [script, policy]
+    trainer.run()
+    (event,) = [e for e in policy.events if e.action == "rollback"]
+    assert event.detail["first_warning_step"] == 30 and event.detail["to_step"] == 25
+
+
+def test_pushed_alerts_end_an_episode_after_episode_gap_steps():
+    policy = AlertPolicy(on_critical="rollback", checkpoint_every=5, keep_checkpoints=10, episode_gap=10)
+    trainer = Trainer(TrainConfig(preset="tiny", steps=40, eval_every=0))
+    warn = alert(aid=1, severity="warning", step=5)
+    trainer.callbacks = [inject_at(policy, {5: warn, 33: alert(aid=2, step=33)}), policy]
+    trainer.run()
+    (event,) = [e for e in policy.events if e.action == "rollback"]
+    assert event.detail["to_step"] == 30  # not 5: the warning's episode ended at step 16

@@ -260,9 +260,9 @@ def test_package_exports_load_lazily():
     code = (
         "import sys, trainer_hooks\n"
         "assert 'torch' not in sys.modules, 'importing the package must stay cheap'\n"
-        "from trainer_hooks import Client, MemorySink, Monitor, attach\n"
+        "from trainer_hooks import Client, MemorySink, Monitor, RunInfo, attach\n"
         "from trainer_hooks.hooks import attach as a2\n"
         "assert attach is a2 and 'torch' in sys.modules\n"
-        "assert sorted(trainer_hooks.__all__) == ['Client', 'MemorySink', 'Monitor', 'attach']\n"
+        "assert sorted(trainer_hooks.__all__) == ['Client', 'MemorySink', 'Monitor', 'RunInfo', 'attach']\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

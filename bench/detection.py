@@ -52,6 +52,7 @@ from bench.reference_detectors import KillLossSpike, SpikeScore  # noqa: E402
 LRS_WARMUP = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 0.5, 0.7, 1.0)
 """The `stabmon sweep` grid plus 0.5 and 0.7, which resolve the top of the stable range."""
 LRS_NO_WARMUP = (3e-2, 1e-1, 3e-1)
+LATE_STEP = 20
 LRS_RAMP = (1e-1, 3e-1, 1.0)
 """A warmup over half the run: the LR crosses the stability edge mid-run, not in the first steps."""
 SEEDS = (0, 1)
@@ -240,15 +241,17 @@ def plot_timeline(
     path: Path,
     warnings: dict[str, int | None] | None = None,
 ) -> Path:
-    """One row per diverging run (and per stable run that any detector alerted on): the
-    divergence step, each detector's first alert, and (hollow) stabmon's first warning."""
+    """One row per diverging run (and per stable run the first detector of ``alerts`` alerted
+    on: its false alarms): the divergence step, each detector's first alert, and (hollow)
+    stabmon's first warning."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    primary = next(iter(alerts.values()), {})
     shown = [r for r in runs if r.diverged] + [
-        r for r in runs if not r.diverged and any(a.get(r.name) is not None for a in alerts.values())
+        r for r in runs if not r.diverged and primary.get(r.name) is not None
     ]
     fig, ax = plt.subplots(figsize=(9, 0.2 * len(shown) + 1.8), dpi=110)
     for y, r in enumerate(shown):
@@ -310,6 +313,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         if subset
     }
+    # Divergences after the first LATE_STEP steps: the ones a precursor can precede at all (most
+    # early ones are blow-ups at the first LR increments, with nothing before them to see).
+    late = [r for r in runs if not r.diverged or r.diverged_at >= LATE_STEP]
+    results_late = {"stabmon (defaults)": score(late, default.critical)}
+    results_late.update({name: score(late, first) for name, first in refs.items()})
     options = rule_options(runs)
     calib: dict[str, Any] = {}
     for fit, test in ((0, 1), (1, 0)):
@@ -333,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "results": results,
         "warnings": warnings,
         "by_subset": by_subset,
+        "late": results_late,
         "calibration": calib,
         "early_stop": early,
         "outcome": outcome,
@@ -355,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report_dir = root / args.preset
     (report_dir / "detection.json").write_text(json.dumps(report, indent=1))
     md = table(results) + "\nwarnings (stabmon, any severity):\n\n" + table({"stabmon warnings": warnings})
+    md += f"\ndivergences at step >= {LATE_STEP} (and all non-diverging runs):\n\n" + table(results_late)
     md += "\nby subset (stabmon defaults):\n\n" + table(by_subset)
     for k, c in calib.items():
         md += f"\n{k}: overrides {json.dumps(c['overrides'])}\n\n"

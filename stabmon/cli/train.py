@@ -3,9 +3,10 @@
 A thin shell over `trainer_hooks.train.train`: it builds a `TrainConfig` from the options, shows
 a progress bar (loss, LR, tokens/s) on stderr, and with ``--json`` prints one JSON object on
 stdout at the end (`TrainResult.to_dict`, non-finite numbers as "nan"/"inf" strings). With
-``--collector URL`` it streams activation statistics to a stabmon collector through
-`trainer_hooks.client.Client`. torch is imported inside the command, so ``stabmon --help``
-stays fast.
+``--collector URL`` it streams activation statistics to a stabmon collector
+(`trainer_hooks.remote.run_monitored`: the run is closed as finished, diverged or stopped) and
+with ``--on-alert log|stop|rollback`` acts on the collector's alerts (`trainer_hooks.actions`).
+torch is imported inside the command, so ``stabmon --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def train_cmd(
     project: str = typer.Option(None, help="Collector project (default: the token's)."),
     name: str = typer.Option(None, help="Run name (default: {variant}-lr{lr}-s{seed})."),
     monitor_every: int = typer.Option(1, help="Record activation statistics every N steps."),
+    on_alert: str = typer.Option(
+        None, "--on-alert", help="Act on the collector's alerts: log | stop | rollback (needs --collector)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
 ) -> None:
     """Train the byte-level GPT with one norm variant."""
@@ -81,12 +85,8 @@ def train_cmd(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 
-    sink = None
-    if collector:
-        from trainer_hooks.client import Client, RunInfo
-
-        run = RunInfo(name=cfg.name, project=project, config=cfg.to_dict())
-        sink = Client(collector, token=token, run=run)
+    if on_alert is not None and (on_alert not in ("log", "stop", "rollback") or not collector):
+        raise typer.BadParameter("--on-alert is log, stop or rollback, and needs --collector")
 
     console = Console(stderr=True)
     progress = Progress(
@@ -110,7 +110,21 @@ def train_cmd(
         )
 
     with progress:
-        result = train(cfg, sink=sink, callbacks=[show], resume=resume)
+        if collector:  # streams to the collector, acts on its alerts, closes the run with its status
+            from trainer_hooks.remote import run_monitored
+
+            monitored = run_monitored(
+                cfg,
+                collector=collector,
+                token=token,
+                project=project,
+                on_alert=on_alert,
+                callbacks=[show],
+                resume=resume,
+            )
+            result = monitored.result
+        else:
+            result = train(cfg, callbacks=[show], resume=resume)
 
     if as_json:
         typer.echo(json.dumps(result.to_dict(), allow_nan=False))

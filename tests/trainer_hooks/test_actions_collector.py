@@ -5,6 +5,11 @@ and the policy's summary. Also: `stop` closes the run as ``stopped``."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import httpx
 import pytest
 
@@ -84,3 +89,32 @@ def test_stop_closes_the_run_as_stopped(collector, tmp_path):
 def test_a_policy_needs_a_collector():
     with pytest.raises(ValueError, match="needs a collector"):
         run_monitored(TrainConfig(preset="tiny", steps=1), on_alert="rollback")
+
+
+def test_train_cli_on_alert_stop(collector, tmp_path):
+    """`stabmon train --collector URL --token T --on-alert stop`: the job stops itself on the
+    collector's critical alert and the run is closed as stopped."""
+    cmd = [
+        sys.executable, "-m", "stabmon", "train", "--preset", "tiny", "--variant", "baseline", "--lr", "1.0",
+        "--warmup", "100", "--steps", "150", "--grad-clip", "0", "--eval-every", "0", "--name", "cli-stop",
+        "--collector", collector.url, "--token", collector.token, "--on-alert", "stop",
+        "--out", str(tmp_path / "out"), "--json",
+    ]  # fmt: skip
+    env = {**os.environ, "STABMON_SPOOL_DIR": str(tmp_path / "spool")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["stopped_by"] == "callback" and result["steps_run"] < 150
+    assert list((tmp_path / "out").glob("stopped_step_*.pt"))
+    (run,) = [r for r in get(collector, "/api/v1/runs")["items"] if r["name"] == "cli-stop"]
+    assert run["status"] == "stopped" and run["summary"]["alert_policy"]["stopped"] is True
+
+
+def test_train_cli_rejects_on_alert_without_collector():
+    proc = subprocess.run(
+        [sys.executable, "-m", "stabmon", "train", "--preset", "tiny", "--steps", "1", "--on-alert", "stop"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "needs --collector" in proc.stderr

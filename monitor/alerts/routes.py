@@ -48,7 +48,7 @@ LogDep = Annotated[SqlDeliveryLog, Depends(get_delivery_log)]
 
 @router.get("/{run_id}/alerts/{alert_id}/deliveries", response_model=list[DeliveryPublic])
 def alert_deliveries(
-    run_id: RUN_ID, alert_id: Annotated[int, Path(ge=1)], project: ProjectDep, dlog: LogDep
+    run_id: RUN_ID, alert_id: Annotated[int, Path(ge=1, le=2**63 - 1)], project: ProjectDep, dlog: LogDep
 ) -> list[DeliveryPublic]:
     """Every webhook delivery attempt for this alert."""
     return [DeliveryPublic(**a.to_dict()) for a in dlog.list(project.id, run_id, alert_id)]

@@ -37,7 +37,7 @@ def test_training_loop_snippet_runs(tmp_path):
         "JsonlSink(path)",
     )
     code = code.replace(
-        "    ...                                          # forward, backward, clip, optimizer step",
+        "    ...  # forward, backward, clip, optimizer step",
         textwrap.indent(
             "x = torch.randint(0, 256, (2, 16))\n"
             "_, loss = model(x, x)\n"

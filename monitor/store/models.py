@@ -110,7 +110,7 @@ points = Table(
 # Per-series summaries of fixed ROLLUP_STEPS-step chunks (chunk = step // ROLLUP_STEPS), kept
 # exact at ingest by re-aggregating every chunk a batch touches. Downsampled series queries
 # read these instead of the points (1/ROLLUP_STEPS of the rows). Aggregates are over the
-# non-NaN values; n_nan counts the NaNs; the value at last_step is read from ``points``.
+# non-NaN values; n_nan counts the NaNs; vlast is the value at last_step.
 ROLLUP_STEPS = 16
 rollups = Table(
     "rollups",
@@ -124,6 +124,7 @@ rollups = Table(
     Column("vmax", Float(precision=53), nullable=True),
     Column("vsum", Float(precision=53), nullable=True),
     Column("last_step", BigInteger, nullable=False),
+    Column("vlast", Float(precision=53), nullable=True),  # the value at last_step (NULL = NaN)
     PrimaryKeyConstraint("series_id", "rank", "chunk", name="pk_rollups"),
     sqlite_with_rowid=False,
 )

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, func, select
 
 from monitor.store import models as m
-from monitor.store.codec import from_db, utcnow
+from monitor.store.codec import NAN, from_db, utcnow
 from monitor.store.errors import LimitExceeded
 from monitor.store.runs import dialect_insert
 from stabmon.wire import parse_key
@@ -75,14 +75,18 @@ _PG_UPSERT_LATEST = (
 )
 _ROLLUP_SET = (
     "ON CONFLICT (series_id, rank, chunk) DO UPDATE SET n = excluded.n, n_nan = excluded.n_nan, "
-    "vmin = excluded.vmin, vmax = excluded.vmax, vsum = excluded.vsum, last_step = excluded.last_step"
+    "vmin = excluded.vmin, vmax = excluded.vmax, vsum = excluded.vsum, last_step = excluded.last_step, "
+    "vlast = excluded.vlast"
 )
 _ROLLUP_SELECT = (
-    "INSERT INTO rollups (series_id, rank, chunk, n, n_nan, vmin, vmax, vsum, last_step) "
-    "SELECT series_id, rank, step / {c}, count(*), count(*) - count({v}), "
-    "min({v}), max({v}), sum({v}), max(step) "
+    "INSERT INTO rollups (series_id, rank, chunk, n, n_nan, vmin, vmax, vsum, last_step, vlast) "
+    "SELECT g.series_id, g.rank, g.chunk, g.n, g.n_nan, g.vmin, g.vmax, g.vsum, g.last_step, p.value "
+    "FROM (SELECT series_id, rank, step / {c} AS chunk, count(*) AS n, count(*) - count({v}) AS n_nan, "
+    "min({v}) AS vmin, max({v}) AS vmax, sum({v}) AS vsum, max(step) AS last_step "
     "FROM points WHERE series_id {ids} AND rank = {p} AND step >= {p} AND step <= {p} "
-    "GROUP BY series_id, rank, step / {c} "
+    "GROUP BY series_id, rank, step / {c}) AS g "
+    "JOIN points AS p ON p.series_id = g.series_id AND p.rank = g.rank AND p.step = g.last_step "
+    "WHERE true "  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
 )
 _PG_ROLLUP = (
     _ROLLUP_SELECT.format(
@@ -96,29 +100,16 @@ _PG_ROLLUP = (
 _SQLITE_ROLLUP = _ROLLUP_SELECT.format(c=m.ROLLUP_STEPS, v="value", ids="IN ({ids})", p="?") + _ROLLUP_SET
 _ROLLUP_IDS_PER_STATEMENT = 500
 
-# Merging an appended batch's chunk summaries into the stored ones. A NULL vsum means "no non-NaN
-# value" when n == n_nan and "the sum is NaN" otherwise (SQLite stores NaN as NULL): the CASE
-# keeps a NaN sum NaN. vmin/vmax are NULL only when the chunk has no non-NaN value.
-_ROLLUP_MERGE = (
-    "ON CONFLICT (series_id, rank, chunk) DO UPDATE SET n = rollups.n + excluded.n, "
-    "n_nan = rollups.n_nan + excluded.n_nan, "
-    "vmin = CASE WHEN rollups.vmin IS NULL OR excluded.vmin < rollups.vmin THEN excluded.vmin "
-    "ELSE rollups.vmin END, "
-    "vmax = CASE WHEN rollups.vmax IS NULL OR excluded.vmax > rollups.vmax THEN excluded.vmax "
-    "ELSE rollups.vmax END, "
-    "vsum = CASE WHEN rollups.n = rollups.n_nan THEN excluded.vsum WHEN excluded.n = excluded.n_nan "
-    "THEN rollups.vsum ELSE rollups.vsum + excluded.vsum END, "
-    "last_step = CASE WHEN excluded.last_step > rollups.last_step THEN excluded.last_step "
-    "ELSE rollups.last_step END"
+# Writing summaries computed in Python (an appended batch's chunks merged with the stored ones).
+_SQLITE_ROLLUP_PUT = (
+    "INSERT INTO rollups (series_id, rank, chunk, n, n_nan, vmin, vmax, vsum, last_step, vlast) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) " + _ROLLUP_SET
 )
-_SQLITE_ROLLUP_MERGE = (
-    "INSERT INTO rollups (series_id, rank, chunk, n, n_nan, vmin, vmax, vsum, last_step) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) " + _ROLLUP_MERGE
-)
-_PG_ROLLUP_MERGE = (
-    "INSERT INTO rollups (series_id, rank, chunk, n, n_nan, vmin, vmax, vsum, last_step) "
+_PG_ROLLUP_PUT = (
+    "INSERT INTO rollups (series_id, rank, chunk, n, n_nan, vmin, vmax, vsum, last_step, vlast) "
     "SELECT * FROM unnest(%s::bigint[], %s::integer[], %s::bigint[], %s::integer[], %s::integer[], "
-    "%s::double precision[], %s::double precision[], %s::double precision[], %s::bigint[]) " + _ROLLUP_MERGE
+    "%s::double precision[], %s::double precision[], %s::double precision[], %s::bigint[], "
+    "%s::double precision[]) " + _ROLLUP_SET
 )
 
 _SQLITE_UPSERT_POINTS = (
@@ -178,7 +169,7 @@ class PointsMixin:
                 ids = self._series_ids(conn, run_id, {k for k, _, _ in flat})
                 chunks = self._insert_values(conn, ids, flat, summarise=append)
                 if append:
-                    self._merge_rollups(conn, chunks)
+                    self._merge_rollups(conn, chunks, prev_last)
                 else:
                     self._update_rollups(conn, sorted(set(ids.values())), flat)
                 max_step = max(s for _, _, s in flat)
@@ -225,7 +216,8 @@ class PointsMixin:
         summarise: bool = False,
     ) -> dict[tuple[int, int, int], list]:
         """Upsert the values and the ``latest`` rows. With ``summarise``, also return the batch's
-        own chunk summaries: (series id, rank, chunk) -> [n, n_nan, vmin, vmax, vsum, last_step]."""
+        own chunk summaries: (series id, rank, chunk) -> [n, n_nan, vmin, vmax, vsum, last_step,
+        value at last_step]."""
         sqlite = conn.dialect.name == "sqlite"
         c = m.ROLLUP_STEPS
         # latest: per series the highest step, ties to the lower rank.
@@ -247,11 +239,11 @@ class PointsMixin:
                 ck = (sid, rank, step // c)
                 a = chunks.get(ck)
                 if a is None:
-                    chunks[ck] = [1, 1, None, None, None, step] if isnan else [1, 0, v, v, v, step]
+                    chunks[ck] = [1, 1, None, None, None, step, v] if isnan else [1, 0, v, v, v, step, v]
                     continue
                 a[0] += 1
                 if step > a[5]:
-                    a[5] = step
+                    a[5], a[6] = step, v
                 if isnan:
                     a[1] += 1
                 elif a[4] is None:
@@ -273,20 +265,50 @@ class PointsMixin:
                 cur.execute(stmt, [_pg_array(col) for col in zip(*data, strict=True)])
         return chunks
 
-    def _merge_rollups(self, conn: Connection, chunks: dict[tuple[int, int, int], list]) -> None:
-        """Add an appended batch's chunk summaries (from :meth:`_insert_values`) to ``rollups``."""
+    def _merge_rollups(
+        self, conn: Connection, chunks: dict[tuple[int, int, int], list], prev_last: int | None
+    ) -> None:
+        """Add an appended batch's chunk summaries (from :meth:`_insert_values`) to ``rollups``.
+
+        Only the chunk holding ``prev_last`` (the run's last stored step) can already have a row;
+        those rows are read and combined here, in Python, where a sum past the float range is inf
+        rather than PostgreSQL's overflow error."""
         if not chunks:
             return
+        sqlite = conn.dialect.name == "sqlite"
+        if prev_last is not None:
+            edge = prev_last // m.ROLLUP_STEPS
+            sids = sorted({sid for sid, _, chunk in chunks if chunk == edge})
+            r = m.rollups.c
+            for i in range(0, len(sids), _ROLLUP_IDS_PER_STATEMENT):
+                stored = conn.execute(
+                    select(r.series_id, r.rank, r.chunk, r.n, r.n_nan, r.vmin, r.vmax, r.vsum).where(
+                        r.series_id.in_(sids[i : i + _ROLLUP_IDS_PER_STATEMENT]), r.chunk == edge
+                    )
+                ).tuples()
+                for sid, rank, chunk, n, n_nan, vmin, vmax, vsum in stored:
+                    a = chunks.get((sid, rank, chunk))
+                    if a is None:
+                        continue
+                    if n > n_nan:
+                        if vsum is None:
+                            vsum = NAN  # SQLite: a NULL sum over non-NaN values is a NaN sum
+                        a[4] = vsum if a[4] is None else a[4] + vsum
+                        a[2] = vmin if a[2] is None or vmin < a[2] else a[2]
+                        a[3] = vmax if a[3] is None or vmax > a[3] else a[3]
+                    a[0] += n
+                    a[1] += n_nan
+                    # last_step and vlast stay the batch's: every batch step is beyond the stored ones
         rows = []
-        for (sid, rank, chunk), (n, n_nan, vmin, vmax, vsum, last) in chunks.items():
-            if vsum is not None and vsum != vsum:
-                vsum = None if conn.dialect.name == "sqlite" else vsum  # inf + -inf: a NaN sum
-            rows.append((sid, rank, chunk, n, n_nan, vmin, vmax, vsum, last))
-        if conn.dialect.name == "sqlite":
-            conn.exec_driver_sql(_SQLITE_ROLLUP_MERGE, rows)
+        for (sid, rank, chunk), (n, n_nan, vmin, vmax, vsum, last, vlast) in chunks.items():
+            if sqlite and vsum is not None and vsum != vsum:
+                vsum = None  # inf + -inf: a NaN sum, stored as NULL on SQLite
+            rows.append((sid, rank, chunk, n, n_nan, vmin, vmax, vsum, last, vlast))
+        if sqlite:
+            conn.exec_driver_sql(_SQLITE_ROLLUP_PUT, rows)
             return
         with conn.connection.driver_connection.cursor() as cur:
-            cur.execute(_PG_ROLLUP_MERGE, [_pg_array(col) for col in zip(*rows, strict=True)])
+            cur.execute(_PG_ROLLUP_PUT, [_pg_array(col) for col in zip(*rows, strict=True)])
 
     def _update_rollups(
         self, conn: Connection, sids: list[int], flat: dict[tuple[str, int, int], float | int | str]

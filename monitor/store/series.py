@@ -4,9 +4,9 @@ A query for N steps with ``max_points`` M splits the step range into at most M b
 ``width = ceil(N / M)`` steps and returns, per bucket, the min, the max, the mean and the
 last value (plus the count and the NaN count): a one-step spike survives as the bucket's max,
 a NaN as ``nan_count`` (and as ``last`` if it came last), which an average alone would hide.
-Aggregation runs in SQL, joined back on the primary key for the last value. Buckets narrower
-than ``ROLLUP_STEPS`` (16) are aggregated from the points; wider ones from the ``rollups``
-table of exact 16-step chunk summaries, which reads 1/16 of the rows: the range is then
+Buckets narrower than ``ROLLUP_STEPS`` (16) are aggregated from the points in SQL, joined back
+on the primary key for the last value; wider ones are folded from the ``rollups`` table of exact
+16-step chunk summaries (each carrying its last value), which reads 1/16 of the rows: the range is then
 aligned outward to chunk boundaries and the width rounded up to a multiple of 16 (the
 response's ``from``, ``to`` and ``bucket_width`` say so).
 
@@ -67,16 +67,11 @@ def _agg_sql(dialect: str) -> str:
     )
 
 
-def _rollup_sql() -> str:
-    c = m.ROLLUP_STEPS
+def _rollup_rows_sql() -> str:
     return (
-        "SELECT a.series_id, a.step_last, a.vmin, a.vmax, a.vsum, a.n, a.n_nan, p.value AS vlast "
-        f"FROM (SELECT series_id, (chunk * {c} - :lo) / :w AS b, max(last_step) AS step_last, "
-        "min(vmin) AS vmin, max(vmax) AS vmax, sum(vsum) AS vsum, sum(n) AS n, sum(n_nan) AS n_nan "
-        "FROM rollups WHERE series_id IN :ids AND rank = :rank AND chunk >= :c0 AND chunk <= :c1 "
-        f"GROUP BY series_id, (chunk * {c} - :lo) / :w) AS a "
-        "JOIN points AS p ON p.series_id = a.series_id AND p.rank = :rank AND p.step = a.step_last "
-        "ORDER BY a.series_id, a.step_last"
+        "SELECT series_id, chunk, n, n_nan, vmin, vmax, vsum, last_step, vlast FROM rollups "
+        "WHERE series_id IN :ids AND rank = :rank AND chunk >= :c0 AND chunk <= :c1 "
+        "ORDER BY series_id, chunk"
     )
 
 
@@ -169,20 +164,50 @@ class SeriesMixin:
 
     @staticmethod
     def _from_rollups(conn: Connection, ids, out, rank, lo, hi, width) -> None:  # noqa: ANN001
-        """Buckets of whole chunks, from the rollup table (``lo``/``width`` chunk-aligned)."""
+        """Buckets of whole chunks, from the rollup table (``lo``/``width`` chunk-aligned).
+
+        The chunk rows come back in (series, chunk) order and are folded into buckets here: a
+        bucket's last value is its last chunk's ``vlast``, so no point is read. (Folding 1,250
+        rows per key in Python costs less than the per-bucket lookups the SQL form needed.)"""
         c = m.ROLLUP_STEPS
-        stmt = text(_rollup_sql()).bindparams(bindparam("ids", expanding=True))
-        params = {"ids": list(ids), "rank": rank, "lo": lo, "w": width, "c0": lo // c, "c1": hi // c}
-        for sid, step_last, vmin, vmax, vsum, n, n_nan, vlast in conn.execute(stmt, params).tuples():
-            b = out[ids[sid]]
-            n, n_nan = int(n), int(n_nan)
-            b.step.append(int(step_last))
-            b.min.append(from_db(vmin))
-            b.max.append(from_db(vmax))
-            b.mean.append(from_db(vsum) / (n - n_nan) if n > n_nan and vsum is not None else NAN)
-            b.last.append(from_db(vlast))
+        stmt = text(_rollup_rows_sql()).bindparams(bindparam("ids", expanding=True))
+        params = {"ids": list(ids), "rank": rank, "c0": lo // c, "c1": hi // c}
+        # The bucket being folded: [series, bucket, n, n_nan, vmin, vmax, vsum, last_step, vlast];
+        # vmin/vmax/vsum None while no non-NaN value was seen.
+        cur: list | None = None
+
+        def emit(a: list) -> None:
+            b = out[ids[a[0]]]
+            n, n_nan, vsum = a[2], a[3], a[6]
+            b.step.append(a[7])
+            b.min.append(from_db(a[4]))
+            b.max.append(from_db(a[5]))
+            b.mean.append(vsum / (n - n_nan) if n > n_nan and vsum is not None else NAN)
+            b.last.append(from_db(a[8]))
             b.count.append(n)
             b.nan_count.append(n_nan)
+
+        for sid, chunk, n, n_nan, vmin, vmax, vsum, last_step, vlast in conn.execute(stmt, params).tuples():
+            n, n_nan = int(n), int(n_nan)
+            if n > n_nan and vsum is None:
+                vsum = NAN  # SQLite: a NULL sum over non-NaN values is a NaN sum (inf + -inf)
+            bucket = (chunk * c - lo) // width
+            if cur is None or cur[0] != sid or cur[1] != bucket:
+                if cur is not None:
+                    emit(cur)
+                cur = [sid, bucket, n, n_nan, vmin, vmax, vsum if n > n_nan else None, int(last_step), vlast]
+                continue
+            cur[2] += n
+            cur[3] += n_nan
+            if vmin is not None and (cur[4] is None or vmin < cur[4]):
+                cur[4] = vmin
+            if vmax is not None and (cur[5] is None or vmax > cur[5]):
+                cur[5] = vmax
+            if n > n_nan:
+                cur[6] = vsum if cur[6] is None else cur[6] + vsum
+            cur[7], cur[8] = int(last_step), vlast  # chunks ascend: the later chunk holds the last step
+        if cur is not None:
+            emit(cur)
 
     @staticmethod
     def _aggregated(conn: Connection, ids, out, rank, lo, hi, width) -> None:  # noqa: ANN001

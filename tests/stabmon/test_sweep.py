@@ -11,7 +11,7 @@ import torch
 
 from stabmon.cli.sweep import max_stable_lr
 from trainer_hooks.client import read_jsonl
-from trainer_hooks.sweep import RESULT_COLUMNS, Cell, SweepConfig, load_detail, run_sweep
+from trainer_hooks.sweep import RESULT_COLUMNS, Cell, SweepConfig, config_dict, load_detail, run_sweep
 
 STEPS = 6
 # Attention-logit bounds no real run stays under: the detector goes critical on the first step.
@@ -171,3 +171,21 @@ def test_cli_rejects_bad_grid(tmp_path):
     cmd = [sys.executable, "-m", "stabmon", "sweep", "--lrs", "1e-2,abc", "--out", str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "--lrs" in res.stderr
+
+
+def test_collector_receives_every_run_alongside_the_series_files(tmp_path, monkeypatch):
+    from tests.trainer_hooks._collector_fake import TOKEN, FakeCollector
+
+    monkeypatch.setenv("STABMON_SPOOL_DIR", str(tmp_path / "spool"))
+    fc = FakeCollector()
+    try:
+        cfg = _cfg(tmp_path / "out", variants=("baseline",), lrs=(1e-2,), collector=fc.url, token=TOKEN)
+        (row,) = run_sweep(cfg)
+    finally:
+        fc.stop()
+    (run,) = fc.runs.values()
+    assert run["name"] == row["name"] and run["config"]["lr"] == 1e-2
+    records = read_jsonl(tmp_path / "out" / "runs" / f"{row['name']}.jsonl")
+    stored = fc.series()
+    assert [stored[("loss", s, 0)] for s in range(STEPS)] == [r["values"]["loss"] for r in records]
+    assert TOKEN not in json.dumps(config_dict(cfg))  # sweep.json never holds the secret

@@ -321,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     options = rule_options(runs)
     calib: dict[str, Any] = {}
     for fit, test in ((0, 1), (1, 0)):
+        if not by_seed[fit] or not by_seed[test]:
+            continue  # a partial corpus with one seed: nothing to hold out
         chosen, fit_score = calibrate(by_seed[fit], options)
         tuned = ours(by_seed[test], chosen)
         calib[f"fit seed {fit} -> test seed {test}"] = {

@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, bindparam, func, select, text
+from sqlalchemy import Connection, bindparam, func, select, text, union_all
 
 from monitor.store import models as m
 from monitor.store.codec import NAN, from_db
@@ -130,13 +130,24 @@ class SeriesMixin:
 
     @staticmethod
     def _extent(conn: Connection, sids: list[int], rank: int, lo, hi):  # noqa: ANN001, ANN205
-        q = select(m.points.c.step).where(m.points.c.series_id.in_(sids), m.points.c.rank == rank)
+        """(first step, last step) with data among ``sids`` within the given bounds. One
+        ``min``/``max`` per series, each answered from the primary-key index by a single probe
+        (a min/max over ``series_id IN (...)`` would scan every point of those series)."""
+        p = m.points.c
+        bounds = [p.rank == rank]
         if lo is not None:
-            q = q.where(m.points.c.step >= lo)
+            bounds.append(p.step >= lo)
         if hi is not None:
-            q = q.where(m.points.c.step <= hi)
-        sub = q.subquery()
-        return conn.execute(select(func.min(sub.c.step), func.max(sub.c.step))).one()
+            bounds.append(p.step <= hi)
+        parts = [
+            select(
+                select(func.min(p.step)).where(p.series_id == sid, *bounds).scalar_subquery().label("a"),
+                select(func.max(p.step)).where(p.series_id == sid, *bounds).scalar_subquery().label("b"),
+            )
+            for sid in sids
+        ]
+        sub = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+        return conn.execute(select(func.min(sub.c.a), func.max(sub.c.b))).one()
 
     @staticmethod
     def _raw(conn: Connection, ids: dict[int, str], out: dict[str, Buckets], rank, lo, hi) -> None:  # noqa: ANN001
@@ -187,7 +198,7 @@ class SeriesMixin:
             b.count.append(n)
             b.nan_count.append(n_nan)
 
-        for sid, chunk, n, n_nan, vmin, vmax, vsum, last_step, vlast in conn.execute(stmt, params).tuples():
+        for sid, chunk, n, n_nan, vmin, vmax, vsum, last_step, vlast in conn.execute(stmt, params).fetchall():
             n, n_nan = int(n), int(n_nan)
             if n > n_nan and vsum is None:
                 vsum = NAN  # SQLite: a NULL sum over non-NaN values is a NaN sum (inf + -inf)

@@ -82,22 +82,30 @@ _ROLLUP_SELECT = (
     "INSERT INTO rollups (series_id, rank, chunk, n, n_nan, vmin, vmax, vsum, last_step, vlast) "
     "SELECT g.series_id, g.rank, g.chunk, g.n, g.n_nan, g.vmin, g.vmax, g.vsum, g.last_step, p.value "
     "FROM (SELECT series_id, rank, step / {c} AS chunk, count(*) AS n, count(*) - count({v}) AS n_nan, "
-    "min({v}) AS vmin, max({v}) AS vmax, sum({v}) AS vsum, max(step) AS last_step "
+    "min({v}) AS vmin, max({v}) AS vmax, {s} AS vsum, max(step) AS last_step "
     "FROM points WHERE series_id {ids} AND rank = {p} AND step >= {p} AND step <= {p} "
     "GROUP BY series_id, rank, step / {c}) AS g "
     "JOIN points AS p ON p.series_id = g.series_id AND p.rank = g.rank AND p.step = g.last_step "
     "WHERE true "  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
 )
+_PG_V = "NULLIF(value, CAST('NaN' AS double precision))"
+# PostgreSQL raises "value out of range: overflow" where a float8 sum passes the float range
+# (two values of 1e308), so the sum is taken in numeric and mapped back the IEEE way: beyond
+# the range is +/-inf, inf + -inf is NaN (numeric orders NaN above every number: test it first).
+_PG_SUM = (
+    f"CASE WHEN sum(CAST({_PG_V} AS numeric)) = 'NaN' THEN CAST('NaN' AS double precision) "
+    f"WHEN sum(CAST({_PG_V} AS numeric)) > 1.7976931348623157e308 THEN CAST('Infinity' AS double precision) "
+    f"WHEN sum(CAST({_PG_V} AS numeric)) < -1.7976931348623157e308 "
+    "THEN CAST('-Infinity' AS double precision) "
+    f"ELSE CAST(sum(CAST({_PG_V} AS numeric)) AS double precision) END"
+)
 _PG_ROLLUP = (
-    _ROLLUP_SELECT.format(
-        c=m.ROLLUP_STEPS,
-        v="NULLIF(value, CAST('NaN' AS double precision))",
-        ids="= ANY(%s::bigint[])",
-        p="%s",
-    )
+    _ROLLUP_SELECT.format(c=m.ROLLUP_STEPS, v=_PG_V, s=_PG_SUM, ids="= ANY(%s::bigint[])", p="%s")
     + _ROLLUP_SET
 )
-_SQLITE_ROLLUP = _ROLLUP_SELECT.format(c=m.ROLLUP_STEPS, v="value", ids="IN ({ids})", p="?") + _ROLLUP_SET
+_SQLITE_ROLLUP = (
+    _ROLLUP_SELECT.format(c=m.ROLLUP_STEPS, v="value", s="sum(value)", ids="IN ({ids})", p="?") + _ROLLUP_SET
+)
 _ROLLUP_IDS_PER_STATEMENT = 500
 
 # Writing summaries computed in Python (an appended batch's chunks merged with the stored ones).

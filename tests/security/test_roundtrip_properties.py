@@ -141,3 +141,25 @@ def test_detector_never_raises_and_restores_exactly(stream, cut):
         b = [f.to_dict() for f in det2.observe(restored, step, values)]
         assert json.dumps(a, default=str) == json.dumps(b, default=str)
     json.loads(state.to_json())
+
+
+def test_sums_past_the_float_range_are_inf_not_an_error(store):
+    """Found by the round-trip property: on PostgreSQL a float8 ``sum`` of two 1e308 values
+    raised an overflow error (a 500) when a batch re-aggregated its chunk summaries."""
+    client = TestClient(create_app(Settings(db=store.url), store=store))
+    token, _ = store.create_token("overflow")
+    client.headers["Authorization"] = f"Bearer {token}"
+    assert client.post("/api/v1/runs", json={"id": "big", "name": "big"}).status_code == 201
+    for i, steps in enumerate(
+        [range(16, 64), range(0, 16), range(16, 20)]
+    ):  # appended, back-filled, rewritten
+        pts = [{"step": s, "values": {"loss": 1e308, "grad_norm": -1e308 if s % 2 else 1e308}} for s in steps]
+        r = client.post("/api/v1/runs/big/points", json={"batch_id": f"b{i}", "points": pts})
+        assert r.status_code == 200, r.text
+    r = client.get("/api/v1/runs/big/series", params={"keys": "loss,grad_norm", "max_points": 2})
+    assert r.status_code == 200 and r.json()["downsampled"], r.text
+    loss, grad = r.json()["series"]["loss"], r.json()["series"]["grad_norm"]
+    assert [decode_value(x) for x in loss["max"]] == [1e308, 1e308]
+    assert all(decode_value(x) == math.inf for x in loss["mean"])  # the sum overflowed, IEEE-style
+    assert sum(loss["count"]) == 64 and sum(grad["count"]) == 64
+    assert [decode_value(x) for x in grad["min"]] == [-1e308, -1e308]

@@ -10,8 +10,12 @@ second of wall time.
 Series: a run of 20,000 steps x 120 series (2.4 M values, written through the store's batch
 primitive) is queried with ``max_points=1000`` for 1 key and for 10 keys; p50/p95 over repeats.
 
+Each ingest row is measured ``--rounds`` times (fresh runs each round) and reported as best and
+median, with the 1-minute load average around each round: on a shared machine one figure alone
+says as much about the neighbours as about the collector.
+
 Results are printed and written to the "Ingest" section of docs/benchmarks.md.
-Usage: ``python bench/ingest.py [--backends sqlite,postgres] [--seconds 20] [--clients 3]``.
+Usage: ``python bench/ingest.py [--backends sqlite,postgres] [--seconds 20] [--clients 3] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -126,14 +130,14 @@ def encode_batches(n: int) -> list[bytes]:
 
 
 def bench_ingest(
-    base: str, token: str, seconds: float, clients: int, detector: bool, bodies: list[bytes]
+    base: str, token: str, seconds: float, clients: int, detector: bool, bodies: list[bytes], tag: str = ""
 ) -> dict:
     h = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     acked = [0] * clients
     batches = [0] * clients
     errors: list[str] = []
     config = {"variant": "baseline", **({} if detector else DETECTOR_OFF)}
-    tag = "on" if detector else "off"
+    tag = ("on" if detector else "off") + tag
     with httpx.Client(base_url=base, timeout=60) as c:
         for i in range(clients):
             run = {"id": f"ingest{i}{tag}", "name": "bench", "config": config}
@@ -222,10 +226,15 @@ def run_backend(name: str, args: argparse.Namespace, bodies: list[bytes]) -> dic
             base = f"http://127.0.0.1:{port}"
             try:
                 load0 = os.getloadavg()[0]
-                ingest = {
-                    "detector on": bench_ingest(base, token, args.seconds, args.clients, True, bodies),
-                    "detector off": bench_ingest(base, token, args.seconds, args.clients, False, bodies),
-                }
+                ingest: dict[str, list[dict]] = {"detector on": [], "detector off": []}
+                for rnd in range(args.rounds):
+                    for mode in ingest:
+                        before = os.getloadavg()[0]
+                        r = bench_ingest(
+                            base, token, args.seconds, args.clients, mode == "detector on", bodies, f"r{rnd}"
+                        )
+                        r["loadavg"] = (before, os.getloadavg()[0])
+                        ingest[mode].append(r)
                 load_s = load_query_run(be.url, project_id, "query", args.query_steps)
                 series = bench_series(base, token, "query", args.repeats)
                 load1 = os.getloadavg()[0]
@@ -252,15 +261,23 @@ def render(results: dict, args: argparse.Namespace) -> str:
         "before the clock starts). *detector on* is the default: every batch also runs the divergence "
         "detector over its 100 steps in the same transaction; *detector off* disables every rule in the "
         "run's config (storage path only). Targets: >= 100,000 values/s on SQLite, >= 200,000 on "
-        "PostgreSQL; series queries < 300 ms.",
+        f"PostgreSQL; series queries < 300 ms. Each row was measured {args.rounds} times (a fresh run "
+        "each time, rounds interleaved with the other mode); best and median of the rounds, with the "
+        "1-minute load average at the start of each round.",
         "",
-        "| backend | detector | values/s acknowledged | batches | ms per request |",
-        "|---|---|---:|---:|---:|",
+        "| backend | detector | values/s, best | values/s, median | ms per request, median "
+        "| load average per round |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for name, r in results.items():
-        for mode, i in r["ingest"].items():
-            rate, ms = f"{i['points_per_s']:,.0f}", f"{i['batch_ms']:.0f}"
-            lines.append(f"| {name} | {mode.split()[1]} | {rate} | {i['batches']} | {ms} |")
+        for mode, rounds in r["ingest"].items():
+            rates = sorted(i["points_per_s"] for i in rounds)
+            ms = statistics.median(i["batch_ms"] for i in rounds)
+            loads = ", ".join(f"{i['loadavg'][0]:.1f}" for i in rounds)
+            lines.append(
+                f"| {name} | {mode.split()[1]} | {rates[-1]:,.0f} | {statistics.median(rates):,.0f} "
+                f"| {ms:.0f} | {loads} |"
+            )
     lines += [
         "",
         f"Series queries, `max_points=1000`, on a run of {args.query_steps:,} steps x {len(KEYS)} series "
@@ -296,6 +313,7 @@ def main() -> None:
     p.add_argument("--query-steps", type=int, default=20_000)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3, help="measurements per ingest row (best and median)")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args()
     # Enough bodies for the fastest plausible client; a client stops at the time limit.

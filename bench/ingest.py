@@ -58,6 +58,24 @@ def step_values(rng: random.Random, step: int) -> dict[str, float]:
     return v
 
 
+def cpu_seconds(pids: list[int], names: tuple[str, ...] = ()) -> float:
+    """User + system CPU seconds used so far by ``pids``, their children and every process whose
+    command name is in ``names`` (the PostgreSQL server's backends), from /proc; 0 where /proc is
+    unavailable."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, ..., utime (11), stime (12)
+        if int(entry.name) in pids or int(fields[1]) in pids or comm in names:  # workers: children
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -130,7 +148,14 @@ def encode_batches(n: int) -> list[bytes]:
 
 
 def bench_ingest(
-    base: str, token: str, seconds: float, clients: int, detector: bool, bodies: list[bytes], tag: str = ""
+    base: str,
+    token: str,
+    seconds: float,
+    clients: int,
+    detector: bool,
+    bodies: list[bytes],
+    tag: str = "",
+    cpu: tuple[list[int], tuple[str, ...]] = ([], ()),
 ) -> dict:
     h = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     acked = [0] * clients
@@ -158,12 +183,14 @@ def bench_ingest(
                 batches[i] += 1
 
     t0 = time.monotonic()
+    cpu0 = cpu_seconds(*cpu)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.monotonic() - t0
+    cpu_s = cpu_seconds(*cpu) - cpu0
     if errors:
         raise RuntimeError(f"ingest errors: {errors[:3]}")
     return {
@@ -172,6 +199,8 @@ def bench_ingest(
         "wall_s": wall,
         "points_per_s": sum(acked) / wall,
         "batch_ms": 1000 * wall * clients / max(1, sum(batches)),
+        "server_cpu_s": cpu_s,
+        "points_per_cpu_s": sum(acked) / cpu_s if cpu_s > 0 else 0.0,
     }
 
 
@@ -227,11 +256,21 @@ def run_backend(name: str, args: argparse.Namespace, bodies: list[bytes]) -> dic
             try:
                 load0 = os.getloadavg()[0]
                 ingest: dict[str, list[dict]] = {"detector on": [], "detector off": []}
+                # The collector's CPU (and, on PostgreSQL, the database server's): values per CPU
+                # second is what the collector sustains per core, whatever the neighbours take.
+                cpu = ([server.pid], ("postgres",) if name == "postgres" else ())
                 for rnd in range(args.rounds):
                     for mode in ingest:
                         before = os.getloadavg()[0]
                         r = bench_ingest(
-                            base, token, args.seconds, args.clients, mode == "detector on", bodies, f"r{rnd}"
+                            base,
+                            token,
+                            args.seconds,
+                            args.clients,
+                            mode == "detector on",
+                            bodies,
+                            f"r{rnd}",
+                            cpu,
                         )
                         r["loadavg"] = (before, os.getloadavg()[0])
                         ingest[mode].append(r)
@@ -263,20 +302,24 @@ def render(results: dict, args: argparse.Namespace) -> str:
         "run's config (storage path only). Targets: >= 100,000 values/s on SQLite, >= 200,000 on "
         f"PostgreSQL; series queries < 300 ms. Each row was measured {args.rounds} times (a fresh run "
         "each time, rounds interleaved with the other mode); best and median of the rounds, with the "
-        "1-minute load average at the start of each round.",
+        "1-minute load average at the start of each round. *values per CPU-second* divides the values "
+        "acknowledged by the CPU time the collector process used (on PostgreSQL plus every `postgres` "
+        "server process, other sessions' included, so it is a lower bound): the rate one core sustains "
+        "whatever else the machine runs.",
         "",
         "| backend | detector | values/s, best | values/s, median | ms per request, median "
-        "| load average per round |",
-        "|---|---|---:|---:|---:|---|",
+        "| values per CPU-second, median | load average per round |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for name, r in results.items():
         for mode, rounds in r["ingest"].items():
             rates = sorted(i["points_per_s"] for i in rounds)
             ms = statistics.median(i["batch_ms"] for i in rounds)
             loads = ", ".join(f"{i['loadavg'][0]:.1f}" for i in rounds)
+            per_cpu = statistics.median(i["points_per_cpu_s"] for i in rounds)
             lines.append(
                 f"| {name} | {mode.split()[1]} | {rates[-1]:,.0f} | {statistics.median(rates):,.0f} "
-                f"| {ms:.0f} | {loads} |"
+                f"| {ms:.0f} | {per_cpu:,.0f} | {loads} |"
             )
     lines += [
         "",

@@ -76,6 +76,8 @@ class RunStats:
     offered_values: int = 0
     acked_values: int = 0
     acked_in_load_phase: int = 0
+    unacked_values: int = 0
+    """Values of the batch in flight when the generator gave up: stored or not, never acknowledged."""
     steps_produced: int = 0
     steps_acked: int = 0
     retries: int = 0
@@ -255,6 +257,7 @@ class Generator(threading.Thread):
                 deadline = self.clock["hard_end"]
                 r = self._send_until_acked(path, body, deadline)
                 if r is None:
+                    s.unacked_values = len(parts) * per_step
                     return
                 s.acked_values += len(parts) * per_step
                 if time.monotonic() <= end:
@@ -420,11 +423,16 @@ def run_soak(cfg: SoakConfig, log_dir: Path | None = None) -> dict:
     for r in readers:
         for k, v in r.statuses.items():
             reader_statuses[k] = reader_statuses.get(k, 0) + v
+    # Every acknowledged value must be stored; a batch still unanswered when its generator gave
+    # up may or may not have been committed, so stored may exceed acknowledged by that much.
     mismatched = {
-        g.stats.run_id: (g.stats.acked_values, stored.get(g.stats.run_id, 0))
+        g.stats.run_id: (g.stats.acked_values, stored.get(g.stats.run_id, 0), g.stats.unacked_values)
         for g in gens
-        if g.stats.acked_values != stored.get(g.stats.run_id, 0)
+        if not g.stats.acked_values
+        <= stored.get(g.stats.run_id, 0)
+        <= g.stats.acked_values + g.stats.unacked_values
     }
+    lost = sum(max(0, g.stats.acked_values - stored.get(g.stats.run_id, 0)) for g in gens)
     samples = sampler.samples[:load_samples] or sampler.samples
     q = max(1, len(samples) // 4)
     rss_first = statistics.mean(s[2] for s in samples[:q]) if samples else float("nan")
@@ -439,6 +447,8 @@ def run_soak(cfg: SoakConfig, log_dir: Path | None = None) -> dict:
         "acked_values": acked,
         "acked_values_per_s_load_phase": sum(g.stats.acked_in_load_phase for g in gens) / cfg.duration_s,
         "stored_values": sum(stored.values()),
+        "lost_values": lost,
+        "unacked_in_flight_values": sum(g.stats.unacked_values for g in gens),
         "backlog_values": offered - acked,
         "runs_mismatched": mismatched,
         "generator_errors": {g.stats.run_id: g.error for g in gens if g.error},
@@ -467,6 +477,50 @@ def run_soak(cfg: SoakConfig, log_dir: Path | None = None) -> dict:
         "samples": [[round(t, 1), round(c, 1), round(r, 1)] for t, c, r in sampler.samples],
         "loadavg": os.getloadavg(),
     }
+
+
+def render(res: dict, when: str) -> str:
+    """The "Soak" section of docs/benchmarks.md from one result."""
+    c, r = res["config"], res
+    lat, cpu, rss = r["ingest_latency_ms"], r["collector_cpu_pct"], r["collector_rss_mb"]
+    statuses = ", ".join(f"{k}: {v:,}" for k, v in sorted(r["ingest_statuses"].items()))
+    readers = " ; ".join(
+        f"{k} {v['p50']:,.0f} / {v['p99']:,.0f} ms (n={v['n']})" for k, v in r["reader_latency_ms"].items()
+    )
+    shape = f"{c['runs']} x {r['series_per_step']} x {c['step_interval_s']} s"
+    phases = f"{c['duration_s']:.0f} s / {r['drain_s']:.0f} s (limit {c['drain_timeout_s']:.0f} s)"
+    acked = f"{r['acked_values']:,} ({r['acked_values_per_s_load_phase']:,.0f}/s in the load phase)"
+    missing = f"{r['lost_values']:,} / {len(r['runs_mismatched'])}"
+    backlog = f"{r['backlog_values']:,} values (never acknowledged, so not lost: a Client keeps them spooled)"
+    rss_s = (
+        f"{rss['first_quarter_mean']:,.0f} / {rss['last_quarter_mean']:,.0f} / {rss['max']:,.0f} MiB "
+        f"(last/first {rss['growth_ratio']:.2f})"
+    )
+    rows = [
+        ("runs x series per step x step interval", shape),
+        ("load phase / drain", phases),
+        ("values offered", f"{r['offered_values']:,} ({r['offered_values_per_s']:,.0f}/s)"),
+        ("values acknowledged (2xx)", acked),
+        ("values stored (counted in the database)", f"{r['stored_values']:,}"),
+        ("acknowledged but not stored (lost) / runs mismatched", missing),
+        ("stored, answer not received before the end", f"{r['unacked_in_flight_values']:,} values at most"),
+        ("backlog left with the generators at the end", backlog),
+        ("ingest requests / answers", f"{r['ingest_requests']:,} / {statuses}; retries {r['retries']:,}"),
+        ("ingest latency p50 / p99 / max", f"{lat['p50']:,.0f} / {lat['p99']:,.0f} / {lat['max']:,.0f} ms"),
+        ("readers (runs list, latest, 3-key series) p50 / p99", readers),
+        ("5xx answers", f"{r['status_5xx']}"),
+        ("collector CPU, all workers: mean / max", f"{cpu['mean']:.0f}% / {cpu['max']:.0f}% of one core"),
+        ("collector RSS: first quarter / last quarter / max", rss_s),
+    ]
+    table = "\n".join(f"| {a} | {b} |" for a, b in rows)
+    return (
+        "## Soak\n\n"
+        f"Measured by `python bench/soak.py --runs {c['runs']} --duration {c['duration_s']:.0f} "
+        f"--workers {c['workers']}` on {when}: one `stabmon serve --workers {c['workers']}` on a fresh "
+        "PostgreSQL database, load generators and readers in one process on the same machine "
+        f"(2 cores shared with other jobs; 1-minute load average at the end {r['loadavg'][0]:.1f}).\n\n"
+        "| measure | value |\n|---|---|\n" + table + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,8 +84,8 @@ def _sum_matches(got, want, n: int, n_nan: int) -> bool:  # noqa: ANN001
     return got is not None and abs(got - want) <= 1e-9 * max(1.0, abs(want))
 
 
-# Finite sums stay in range here: PostgreSQL's sum() raises on a finite overflow in the
-# re-aggregation path (see test_appended_sums_past_the_float_range_are_inf for the append path).
+# Finite sums stay in range here (summation order decides where an overflow lands); the append
+# path's overflow is checked by test_appended_sums_past_the_float_range_are_inf.
 value = st.floats(min_value=-1e3, max_value=1e3) | st.sampled_from([x for x in SPECIAL if abs(x) < 1e300])
 batch = st.lists(
     st.tuples(

@@ -7,8 +7,8 @@ them alike); each figure is the median over rounds of the mean step time of ``--
 
 - ``none``: no hooks; attention through ``scaled_dot_product_attention``.
 - ``explicit``: no hooks, but ``record_attention=True``: the attention probes are fed (SDPA
-  for the training graph, logits and probabilities recomputed outside autograd), the path that
-  materialises the (B, nh, T, T) logits/probabilities, i.e. the price of seeing them at all.
+  for the training graph, the (B, nh, T, T) logits and probabilities recomputed outside
+  autograd), i.e. the price of seeing them at all.
 - ``hooks_nologits``: ``attach(logits=False)``, every=1: output norms, loss, lr, grad norm.
 - ``hooks``: ``attach()``, every=1, all sites, logit max and entropy (probe path included).
 - ``hooks_every10``: as ``hooks`` with ``every=10`` (probe path only on recorded steps).

@@ -289,9 +289,10 @@ def section(times, args) -> str:
         " training code) and the clean-up after the loop (`mon.remove()`, `sink.close()`); each callback is"
         " one line in `callbacks=[...]`.",
         "- The difference between every statistic and `logits=False` is the price of exposing the"
-        " attention logits. In stabmon's GPT (plain loop, Lightning) it switches attention from SDPA to"
-        ' the explicit path that materialises them (see "Hook overhead"); in GPT-2 the hooks compute the'
-        " logit maximum from the fused QKV output and the model's attention is untouched. What remains"
+        " attention logits. In stabmon's GPT (plain loop, Lightning) the attention recomputes its logits"
+        ' and softmax outside autograd on recorded steps, for the probes (see "Hook overhead"); in'
+        " GPT-2 the hooks compute the logit maximum from the fused QKV output and the model's attention"
+        " is untouched. What remains"
         " with `logits=False` is the output-norm hooks plus, for the callbacks, a gradient norm and a few"
         " Python calls per step. `every=N` divides the hooks' part by about N.",
         "- Differences within the min..max spread are noise.",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -24,14 +23,9 @@ import time
 
 import torch
 
+from stabmon.net import free_port
 from trainer_hooks.client import Client, NullSink, RunInfo
 from trainer_hooks.train import TrainConfig, train
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one(mode: str, cfg: TrainConfig, spool_dir: str, spool_max_bytes: int) -> tuple[float, dict]:

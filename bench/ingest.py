@@ -26,7 +26,6 @@ import os
 import platform
 import random
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from stabmon.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -74,12 +75,6 @@ def cpu_seconds(pids: list[int], names: tuple[str, ...] = ()) -> float:
         if int(entry.name) in pids or int(fields[1]) in pids or comm in names:  # workers: children
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -28,7 +28,6 @@ import dataclasses
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from stabmon.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_SERVER = os.environ.get("STABMON_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
@@ -112,12 +113,6 @@ def value_pool(rng: random.Random, keys: list[str], n: int = 16) -> list[str]:
                 v[k] = 1.0 + 0.05 * rng.random()
         pool.append(json.dumps(v, separators=(",", ":")))
     return pool
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(xs: list[float], q: float) -> float:

@@ -18,7 +18,6 @@ import json
 import multiprocessing as mp
 import os
 import queue
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from stabmon import net
 
 DEFAULT_DIR = Path(".stabmon")
 DEFAULT_VARIANTS = ("baseline", "qk_norm_cap")
@@ -90,15 +91,8 @@ DEFAULT_PORT = 8321  # `stabmon serve`'s default: the demo's links keep working 
 
 
 def free_port(preferred: int = DEFAULT_PORT) -> int:
-    """``preferred`` if nothing listens there, else any free loopback port."""
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise RuntimeError("no free TCP port on 127.0.0.1")
+    """``preferred`` (8321, ``stabmon serve``'s default) if free, else any free loopback port."""
+    return net.free_port(preferred)
 
 
 @dataclass

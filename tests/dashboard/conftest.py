@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stabmon.net import free_port
 from tests.dashboard.synthetic import RunShape, batches
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,12 +39,6 @@ CHROMIUM_ARGS = [
 ]
 VARIANTS = ("baseline", "qk_norm", "qk_fc_norm", "qkv_norm", "qk_norm_cap")
 SWEEP_LRS = (1e-3, 3e-3, 1e-2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

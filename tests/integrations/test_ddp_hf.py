@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from stabmon.net import free_port
 
 pytest.importorskip("accelerate", reason="the Trainer needs accelerate")
 
@@ -22,12 +23,6 @@ from trainer_hooks.client import read_jsonl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB = Path(__file__).with_name("_ddp_hf_job.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -47,7 +42,7 @@ def test_two_ranks_report_once_per_step_and_stop_together(tmp_path):
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         str(JOB),
         "--out",
         str(tmp_path),

@@ -10,7 +10,6 @@ critical alert from the collector's detector and stops itself, checkpoint first.
 from __future__ import annotations
 
 import importlib.util
-import socket
 import subprocess
 import sys
 import time
@@ -20,14 +19,10 @@ import httpx
 import pytest
 import torch
 
+from stabmon.net import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +30,7 @@ def collector(tmp_path_factory):
     """A real collector process; yields ``(url, token)``."""
     tmp = tmp_path_factory.mktemp("collector")
     db = tmp / "stabmon.db"
-    port = _free_port()
+    port = free_port()
     log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
         [sys.executable, "-m", "stabmon", "serve", "--db", f"sqlite:///{db}", "--port", str(port)],

@@ -5,7 +5,6 @@ read back through Prometheus' HTTP query API. Skipped when the ``prometheus`` bi
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -16,14 +15,9 @@ import uvicorn
 
 from monitor.api import create_app
 from monitor.settings import Settings
+from stabmon.net import free_port
 
 pytestmark = pytest.mark.prometheus
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

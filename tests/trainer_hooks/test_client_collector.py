@@ -6,7 +6,6 @@ The training side never imports the collector: it is reached over HTTP only."""
 import importlib.util
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from stabmon.net import free_port
 from tests.trainer_hooks._collector_fake import wait_until
 from trainer_hooks.client import Client, RunInfo
 
@@ -24,12 +24,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 KEYS = ("loss", "layer.0.fc2.l2_mean", "layer.1.attn.logit_max")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve(tmp_path, db: str, port: int) -> subprocess.Popen:
@@ -60,7 +54,7 @@ def _record(step: int) -> dict:
 
 
 def test_client_survives_a_collector_crash_and_restart_exactly_once(tmp_path):
-    db, port = f"sqlite:///{tmp_path / 'stabmon.db'}", _free_port()
+    db, port = f"sqlite:///{tmp_path / 'stabmon.db'}", free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _serve(tmp_path, db, port)
     try:

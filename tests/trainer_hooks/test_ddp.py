@@ -7,24 +7,18 @@ alone, must equal the max of the ranks' maxima and the mean of their means and s
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from stabmon.net import free_port
 from tests.trainer_hooks.test_hooks_support import ListSink, loss_of, nano
 from trainer_hooks.hooks import attach
 
 WORLD = 2
 STEPS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -57,7 +51,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_ddp_per_rank_and_reduced_records(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     assert [[rec["rank"] for rec in o["local"]] for o in out] == [[0] * STEPS, [1] * STEPS]
     assert out[1]["reduced"] == []  # rank 0 alone sends

@@ -33,6 +33,20 @@ def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def relabel(path: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with ``diverged``/``diverged_at`` recomputed by the current divergence definition
+    from the run's recorded loss history, so the tables never carry labels from an older one."""
+    from stabmon.divergence import DivergenceConfig, find_divergence
+    from stabmon.wire import decode_value
+
+    d = json.loads(path.read_text())
+    losses = [decode_value(v) if isinstance(v, str) else float(v) for v in d.get("losses") or []]
+    if not losses:
+        return row
+    div = find_divergence(losses, DivergenceConfig(plateau_loss=d.get("plateau_loss")))
+    return {**row, "diverged": div.diverged, "diverged_at": div.step}
+
+
 def loss_table(rows: Sequence[dict[str, Any]]) -> dict[str, dict[float, dict[str, Any]]]:
     """variant -> lr -> mean final validation loss / perplexity over seeds, and diverged seeds."""
     out: dict[str, dict[float, dict[str, Any]]] = {}
@@ -121,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     out = Path(args.sweep)
     rows = sorted(
-        (load_row(p) for p in (out / "runs").glob("*.json")), key=lambda r: (r["variant"], r["lr"], r["seed"])
+        (relabel(p, load_row(p)) for p in (out / "runs").glob("*.json")),
+        key=lambda r: (r["variant"], r["lr"], r["seed"]),
     )
     if not rows:
         raise SystemExit(f"no finished runs under {out}/runs")

@@ -46,7 +46,9 @@ def test_blow_up_diverges_at_its_first_step():
     losses[250:] = [7.5 + 0.1 * math.sin(i) for i in range(150)]
     d = find_divergence(losses)
     assert d.diverged and d.step == 250
-    assert d.detected_at is not None and 250 <= d.detected_at < 260
+    # A blow-up that stays up is a sustained excursion (rule 3) long before its recovery window ends.
+    cfg = DivergenceConfig()
+    assert d.detected_at is not None and 250 <= d.detected_at < 250 + cfg.patience + cfg.window
 
 
 def test_blow_up_below_the_initial_loss_that_stays_up_diverges():
@@ -73,8 +75,38 @@ def test_blow_up_then_stall_diverges():
     head = [5.55, 5.2, 4.9, 18.0, 16.0, 13.0, 11.0, 9.0, 7.5, 6.0, 4.5, 3.8, 3.5, 3.3]
     rng = random.Random(3)
     losses = head + [3.2 + rng.gauss(0, 0.05) for _ in range(600)]
-    d = find_divergence(losses)
-    assert d.diverged and d.step == 3
+    cfg = DivergenceConfig(plateau_loss=H1)
+    d = find_divergence(losses, cfg)
+    assert d.diverged and d.step == 3 and "did not get back" in d.reason
+    assert d.detected_at == 3 + cfg.recover_patience  # the recovery window decides, not the plateau
+    # Without the plateau the definition cannot tell this stall from learning (the loss is
+    # finite, below the untrained model's and flat): it needs the data's plateau, as rule 4 does.
+    assert not find_divergence(losses).diverged
+
+
+def test_blow_up_that_recovers_and_learns_is_not_divergence():
+    """A QK-normalised run at a high LR without warmup: blown up at step 2, back on the plateau by
+    step 12, and learning again (below the plateau band) well within the recovery window."""
+    head = [5.55, 5.3, 9.0, 12.0, 11.0, 9.5, 8.0, 7.0, 6.5, 5.0, 4.0, 3.5, 3.3]
+    rng = random.Random(5)
+    plateau = [3.25 + rng.gauss(0, 0.05) for _ in range(60)]
+    learning = [3.25 - 0.8 * (1 - math.exp(-i / 40)) + rng.gauss(0, 0.05) for i in range(300)]
+    cfg = DivergenceConfig(plateau_loss=H1)
+    assert not find_divergence(head + plateau + learning, cfg).diverged
+    # The same blow-up with learning that comes too late is divergence at the blow-up's first step.
+    late = head + [3.25 + rng.gauss(0, 0.05) for _ in range(cfg.recover_patience)] + learning
+    d = find_divergence(late, cfg)
+    assert d.diverged and d.step == 2
+
+
+def test_blow_up_after_progress_must_return_to_the_level_reached():
+    """Late in a run, getting back means getting back to where the run was, not just below the
+    plateau: a run at 2.5 knocked up to 7 nats that settles at 2.95 has not recovered."""
+    cfg = DivergenceConfig(plateau_loss=H1, patience=1000)  # keep rule 3 out of the way
+    losses = converging(300) + [7.0] * 8 + [2.95] * 200
+    d = find_divergence(losses, cfg)
+    assert d.diverged and d.step == 300 and "did not get back" in d.reason
+    assert not find_divergence(converging(300) + [7.0] * 8 + [2.6] * 200, cfg).diverged
 
 
 def test_stall_after_real_progress_diverges():
@@ -154,6 +186,7 @@ configs = st.builds(
     window=st.integers(1, 9),
     patience=st.integers(1, 30),
     blowup_patience=st.integers(1, 6),
+    recover_patience=st.integers(1, 40),
     abs_margin=st.floats(0.0, 2.0),
     plateau_loss=st.one_of(st.none(), st.floats(0.5, 12.0)),
     plateau_patience=st.integers(1, 40),
@@ -183,3 +216,25 @@ def test_online_fires_exactly_where_offline_reports(losses, cfg):
     start = losses[offline.step]
     if "plateau" not in offline.reason:
         assert not math.isfinite(start) or start > min(v for v in losses if math.isfinite(v))
+
+
+def test_excursion_starts_after_the_minimum_not_in_the_losses_before_it():
+    """An early rise: the median window still holds the untrained losses from before the first
+    drop when the smoothed loss crosses the threshold; the divergence starts after the drop."""
+    losses = [5.5, 5.4, 4.0, 3.6, 3.5, 3.5] + [4.5] * 60
+    d = find_divergence(losses)
+    assert d.diverged and "running minimum" in d.reason
+    assert d.step == 6
+
+
+def test_bursts_above_the_plateau_do_not_restart_the_stall():
+    """A run that alternates between the plateau band and bursts above it for 200 steps has not
+    learned anything: the stall counts from where it reached the band."""
+    cfg = DivergenceConfig(plateau_loss=H1)
+    head = [5.5, 4.8, 4.0, 3.6, 3.4]
+    stall = [3.7 if (i // 10) % 4 == 3 else 3.3 for i in range(200)]  # 10-step bursts to 3.7
+    d = find_divergence(head + stall, cfg)
+    assert d.diverged and "plateau" in d.reason and d.step <= 6
+    # In the band only while not yet there: a slow descent from above does not count.
+    slow = [5.5 - 0.01 * i for i in range(200)] + converging(100, floor=2.5, tau=20.0)
+    assert not find_divergence(slow, cfg).diverged

@@ -154,7 +154,8 @@ def test_alert_building_up_across_a_crash_fires_at_the_reference_step(tmp_path, 
             # The saved detector state is gone (or unreadable): the collector must rebuild it
             # by replaying the stored series before it judges the new steps.
             with sqlite3.connect(db_file) as conn:
-                conn.execute("DELETE FROM run_state WHERE run_id = 'crashed'")
+                crashed = "SELECT id FROM runs WHERE external_id = 'crashed'"
+                conn.execute(f"DELETE FROM run_state WHERE run_id IN ({crashed})")
         col.start()
         assert c.flush(60), c.stats
         c.close()

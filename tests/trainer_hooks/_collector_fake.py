@@ -80,6 +80,7 @@ class FakeCollector:
         self.requests = 0
         self.auth_headers: list[str] = []
         self.updates: list[dict] = []
+        self.points_before_update: list[int] = []  # points stored when each update arrived
         # Misbehaviour switches (tests flip them at any time).
         self.fail_status: int | None = None
         self.fail_next = 0
@@ -162,7 +163,10 @@ class FakeCollector:
             if parts[:3] != ["api", "v1", "runs"] or len(parts) < 4 or parts[3] not in self.runs:
                 return h._send(404, {"detail": "run not found"})
             if method == "PATCH" and len(parts) == 4:
-                self.updates.append(RunUpdate.model_validate(body).model_dump(exclude_none=True))
+                update = RunUpdate.model_validate(body).model_dump(exclude_none=True)
+                with self.lock:
+                    self.updates.append(update)
+                    self.points_before_update.append(sum(len(self.batches[b]) for b in self.order))
                 return h._send(200, {"id": parts[3]})
             if method == "POST" and parts[4:] == ["points"]:
                 return self._ingest(h, parts[3], body)

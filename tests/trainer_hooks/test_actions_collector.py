@@ -1,7 +1,12 @@
 """The closed loop through the real collector: `run_monitored` streams a diverging tiny run to a
 `stabmon serve` process, the collector's detector raises the alerts, they come back in ingest
 answers, the policy rolls back on the training thread, and the run is closed with its status
-and the policy's summary. Also: `stop` closes the run as ``stopped``."""
+and the policy's summary. Also: `stop` closes the run as ``stopped``.
+
+The rollback test waits for the collector's answer to every step before the next one (a
+``flush`` in a trainer callback), so the step at which the job hears of an alert is the step
+the collector raised it at, however loaded the machine: what the policy does is a function
+of the run, not of how fast the collector answered."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import httpx
 import pytest
 
 from stabmon.demo import free_port, start_collector
-from trainer_hooks.actions import PolicyConfig
+from trainer_hooks.actions import AlertPolicy, PolicyConfig
 from trainer_hooks.remote import run_monitored
 from trainer_hooks.train import TrainConfig
 
@@ -37,19 +42,28 @@ def get(collector, path: str):
 
 
 def test_rollback_driven_by_the_collectors_alerts(collector, tmp_path):
-    # The job hears of an alert a batch or two late, and an alert that opens and resolves
-    # within one batch never reaches it: aim 10 steps before the first alert it hears of.
-    policy = PolicyConfig(
-        on_critical="rollback",
-        rules=("loss_spike", "grad_spike", "non_finite"),
-        checkpoint_every=10,
-        rollback_margin=10,
+    # Aim 10 steps before the first alert of the episode (the first warning).
+    margin = 10
+    policy = AlertPolicy(
+        PolicyConfig(
+            on_critical="rollback",
+            rules=("loss_spike", "grad_spike", "non_finite"),
+            checkpoint_every=10,
+            rollback_margin=margin,
+        )
     )
+
+    def hear_every_answer(_info) -> None:
+        # Runs before the policy's own callback at each step: this step's record is stored
+        # and the collector's answer (its alerts) handed to the policy before it decides.
+        assert policy.source.flush(120), f"the collector did not answer in 120 s: {policy.source.stats}"
+
     run = run_monitored(
         TrainConfig(**DIVERGING),
         collector=collector.url,
         token=collector.token,
         on_alert=policy,
+        callbacks=[hear_every_answer],
         spool_dir=tmp_path / "spool",
         flush_interval_s=0.1,
     )
@@ -60,14 +74,34 @@ def test_rollback_driven_by_the_collectors_alerts(collector, tmp_path):
     summary = stored["summary"]
     assert summary["diverged"] is False and summary["alert_policy"]["rollbacks"] == run.policy.rollbacks
     event = summary["alert_policy"]["events"][0]
-    assert event["action"] == "rollback" and event["to_step"] < event["from_step"]
+    assert event["action"] == "rollback" and event["rule"] in ("loss_spike", "grad_spike", "non_finite")
+    # Back to a checkpoint from before the first warning (minus the margin), LR halved.
+    assert event["to_step"] <= event["first_warning_step"] - 1 - margin
+    assert event["to_step"] < event["first_warning_step"] < event["from_step"]
+    assert event["lr_scale"] == 0.5
     assert stored["config"]["alert_policy"]["on_critical"] == "rollback"
+    # The collector saw the halved LR: the step after the rollback re-runs trainer step
+    # ``to_step`` (first seen at global step ``to_step``) at half its learning rate.
+    lr = dict(zip(*[series(collector, run.run_id, "lr")[k] for k in ("step", "last")], strict=True))
+    after = event["global_step"] + 1
+    assert float(lr[after]) == pytest.approx(0.5 * float(lr[event["to_step"]]), rel=1e-6)
     # Steps keep counting across the rollback: the collector holds every step the job ran.
     steps_run = DIVERGING["steps"] + sum(
         e["from_step"] - e["to_step"] for e in summary["alert_policy"]["events"]
     )
     assert stored["last_step"] == steps_run - 1
     print(f"\nremote rollback: {summary['alert_policy']['events']}; final loss {run.result.final_loss:.3f}")
+
+
+def series(collector, run_id: str, key: str) -> dict:
+    r = httpx.get(
+        f"{collector.url}/api/v1/runs/{run_id}/series",
+        params={"keys": key, "max_points": 10_000},
+        headers={"Authorization": f"Bearer {collector.token}"},
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.json()["bucket_width"] == 1, r.text
+    return r.json()["series"][key]
 
 
 def test_stop_closes_the_run_as_stopped(collector, tmp_path):

@@ -350,6 +350,38 @@ def test_close_with_the_collector_down_keeps_points_in_the_spool(collector, tmp_
     assert c.stats.spooled_points == 5 and c.spool_path.stat().st_size > 0
 
 
+def test_status_at_a_close_during_an_outage_is_replayed_after_the_points(collector, tmp_path):
+    collector.stop()
+    run = RunInfo(name="t", id="closed-in-outage")
+    c = _client(collector, tmp_path, run=run, spool_tag="0")
+    recs = [_record(s) for s in range(30)]
+    for r in recs:
+        c.write(r)
+    c.close(status="diverged", summary={"diverged_at": 29, "final_loss": 7.5}, timeout=0.3)
+    assert c.stats.status_pending and c.stats.spooled_points == 30 and collector.updates == []
+    collector.start()
+    # A later process with the same run id: it replays what the first one left, and its own
+    # close(status=None) adds no update of its own.
+    replay = _client(collector, tmp_path, run=run, spool_tag="0")
+    assert replay.flush(10), replay.stats
+    replay.close(status=None)
+    assert collector.updates == [{"status": "diverged", "summary": {"diverged_at": 29, "final_loss": 7.5}}]
+    assert collector.points_before_update == [30]  # the update came after every point
+    assert not replay.stats.status_pending and not replay.spool_path.exists()
+    _assert_exactly_once(collector, recs)
+
+
+def test_status_update_for_a_run_the_collector_forgot_registers_it_again(collector, tmp_path):
+    c = _client(collector, tmp_path)
+    c.write(_record(0))
+    assert c.flush(10)
+    collector.runs.clear()  # e.g. a collector restarted on a fresh database
+    c.close(status="finished", summary={"steps": 1})
+    assert c.run_id in collector.runs
+    assert collector.updates == [{"status": "finished", "summary": {"steps": 1}}]
+    assert not c.stats.status_pending and c.stats.rejected_batches == 0
+
+
 def test_bad_configuration_fails_fast_with_clear_errors(tmp_path):
     with pytest.raises(TypeError, match="unknown settings"):
         Client("http://127.0.0.1:9", spool_dir=tmp_path, flush_every=3)

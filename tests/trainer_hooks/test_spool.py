@@ -158,3 +158,58 @@ def test_split_replaces_a_batch_by_two_halves_in_place(tmp_path):
         sp.ack(h[0])
     assert heads == [[0, 1], [2, 3, 4], [9]]
     sp.close()
+
+
+def test_a_status_update_is_delivered_after_the_batches_before_it_and_survives_reload(tmp_path):
+    sp = Spool(tmp_path, "r.0")
+    b1, b2 = _batch([0]), _batch([1])
+    sp.append(b1)
+    sp.append(b2)
+    seq = sp.append_update({"status": "finished", "summary": {"loss": 1.5}})
+    assert seq == 3 and sp.pending_batches == 3 and sp.pending_points == 2 and sp.pending_updates == 1
+    sp.close()
+    sp2 = Spool(tmp_path, "r.0")  # a later process
+    assert sp2.pending_updates == 1
+    heads = []
+    while (h := sp2.peek()) is not None:
+        heads.append((h.kind, json.loads(h.body)))
+        sp2.ack(h.batch_id)
+    assert [k for k, _ in heads] == ["points", "points", "update"]
+    assert heads[2][1] == {"status": "finished", "summary": {"loss": 1.5}}  # the PATCH body itself
+    assert sp2.pending_updates == 0 and sp2.done_through() == 3
+    sp2.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_thinning_never_drops_a_status_update_nor_the_newest_batch(tmp_path):
+    one = len(_batch(range(10), size=20).body) + 1
+    sp = Spool(tmp_path, "r.0", max_bytes=4 * one)
+    for k in range(6):
+        sp.append(_batch(range(10 * k, 10 * k + 10), size=20))
+    sp.append_update({"status": "stopped"})
+    newest = _batch(range(60, 70), size=20)
+    sp.append(newest)
+    sp.close()
+    # Reloaded with a bound the update cannot help meet: batches thin, the update stays.
+    sp2 = Spool(tmp_path, "r.0", max_bytes=one)
+    assert sp2.thinned_points > 0 and sp2.pending_updates == 1
+    kinds, steps = [], []
+    while (h := sp2.peek()) is not None:
+        kinds.append(h.kind)
+        if h.kind == "points":
+            steps += [p["step"] for p in json.loads(h.body)["points"]]
+        sp2.ack(h.batch_id)
+    assert kinds[-2:] == ["update", "points"] and kinds.count("update") == 1
+    assert steps[-10:] == list(range(60, 70))  # the newest batch is whole
+    sp2.close()
+
+
+def test_a_status_update_is_never_split_and_is_rejected_with_its_body(tmp_path):
+    sp = Spool(tmp_path, "r.0")
+    sp.append_update({"status": "diverged"})
+    h = sp.peek()
+    assert not sp.split(h.batch_id)
+    sp.reject(h.batch_id, h.body, 422, "bad status")
+    rec = json.loads(sp.rejected_path.read_text())
+    assert rec["body"] == {"status": "diverged"} and sp.pending_updates == 0
+    sp.close()

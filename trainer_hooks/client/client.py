@@ -15,9 +15,12 @@ taken by the caller, nothing raised). Two daemon threads do the rest:
   file, logged and counted. Alerts in ingest answers go to ``on_alert`` and ``client.alerts``.
 
 Because a batch keeps its id from sealing to acknowledgement, a retry whose first answer
-was lost is stored once. :meth:`Client.close` (also run at interpreter exit) flushes and
-waits up to a timeout; undelivered batches stay in the spool and a later ``Client`` with the
-same ``spool_dir`` and run id delivers them first.
+was lost is stored once. :meth:`Client.close` (also run at interpreter exit) appends the
+run's status update (``PATCH``: status and summary) to the spool behind the last batch, and
+waits up to a timeout for all of it to be delivered; what is undelivered stays in the spool
+and a later ``Client`` with the same ``spool_dir`` and run id delivers it first, in order, so
+the run's outcome is recorded after its last point even when the collector was down at the
+end. Setting a status and merging a summary are idempotent, so a resent update is harmless.
 """
 
 from __future__ import annotations
@@ -32,124 +35,27 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stabmon.wire import AlertPublic, RunCreate, RunStatus, RunUpdate
 from trainer_hooks.client.alerts import AlertCallback, AlertTracker
 from trainer_hooks.client.batching import Batcher
-from trainer_hooks.client.spool import Spool
+from trainer_hooks.client.config import ClientConfig, ClientStats, RunInfo, default_spool_dir
+from trainer_hooks.client.spool import Pending, Spool
 from trainer_hooks.client.transport import Backoff, Reply, Transport
 
 log = logging.getLogger("stabmon.client")
 
 
-@dataclass
-class RunInfo:
-    """What the collector is told about the run when the client registers it."""
-
-    name: str
-    project: str | None = None
-    """Must match the token's project when given; None lets the token decide."""
-    config: dict[str, Any] = field(default_factory=dict)
-    """Anything JSON-able: variant, lr, model size, seed (non-JSON values are stringified)."""
-    id: str | None = None
-    """Client-chosen run id (``[A-Za-z0-9_-]{1,64}``); a uuid4 hex when None. Reuse it to
-    resume a run, or to replay its leftover spool from another process."""
-
-
-@dataclass
-class ClientConfig:
-    """Tuning knobs of :class:`Client`; every one can also be passed to ``Client(...)`` by name."""
-
-    max_batch_points: int = 1000
-    """Seal a batch at this many points (at most ``stabmon.wire.MAX_POINTS_PER_BATCH``)."""
-    flush_interval_s: float = 1.0
-    """Seal a batch when its first point is this old."""
-    max_body_bytes: int = 4 * 1024 * 1024
-    """Keep request bodies under this size (the collector's limit is a few MB)."""
-    max_queue_records: int = 100_000
-    """In-memory records awaiting the batcher; past it the oldest are dropped (counted)."""
-    spool_max_bytes: int = 256 * 1024 * 1024
-    """Pending bytes on disk before the oldest history is thinned (see ``spool.py``)."""
-    spool_keep_every: int = 2
-    """Thinning keeps every k-th step of the oldest segment."""
-    spool_fsync: bool = False
-    """fsync every spool append/ack (survives power loss) instead of flushing to the OS only."""
-    spool_tag: str | None = None
-    """Distinguishes processes of one run sharing a spool dir; default ``$RANK`` or "0"."""
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    max_retry_after_s: float = 300.0
-    """Cap on a server's ``Retry-After``."""
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
-    flush_timeout_s: float = 30.0
-    """What ``flush()``/``close()`` wait at most when given no timeout."""
-    atexit_timeout_s: float = 10.0
-    """How long interpreter exit waits for delivery; the rest stays in the spool."""
-    poll_interval_s: float = 0.05
-    """How often the background threads look for work."""
-
-    def __post_init__(self) -> None:
-        for name in ("flush_interval_s", "backoff_initial_s", "connect_timeout_s", "read_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_queue_records < 1:
-            raise ValueError(f"max_queue_records must be >= 1, got {self.max_queue_records}")
-        if not 0 < self.poll_interval_s <= 1:
-            raise ValueError(f"poll_interval_s must be in (0, 1], got {self.poll_interval_s}")
-
-
-@dataclass(frozen=True)
-class ClientStats:
-    """A snapshot of what the client did (``client.stats``)."""
-
-    run_id: str
-    registered: bool
-    records_written: int
-    records_dropped: int
-    """Records lost because the in-memory queue overflowed (the batcher could not keep up)."""
-    invalid_records: int
-    invalid_values: int
-    """Values dropped for an invalid series key or a non-numeric value."""
-    points_spooled: int
-    points_sent: int
-    """Points posted (first attempts; resends are counted in ``retries``)."""
-    points_acked: int
-    """Points in batches the collector acknowledged (duplicates included)."""
-    batches_acked: int
-    duplicates: int
-    """Acknowledged batches the collector already had (a retry after a lost answer)."""
-    retries: int
-    spooled_bytes: int
-    """Pending (unacknowledged) bytes in the spool now."""
-    spooled_points: int
-    spooled_batches: int
-    thinned_points: int
-    rejected_batches: int
-    rejected_points: int
-    points_lost: int
-    """Points that could not be written to the spool (disk full, permissions)."""
-    alert_callback_errors: int
-    last_error: str | None
-
-
-def _default_spool_dir() -> Path:
-    env = os.environ.get("STABMON_SPOOL_DIR")
-    if env:
-        return Path(env)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "stabmon" / "spool"
-
-
 class _Marker:
-    """Put in the record queue by flush/close: the batcher seals up to here and notes the seq."""
+    """Put in the record queue by flush/close: the batcher seals up to here, appends the run
+    ``update`` (close) behind it, and notes the seq."""
 
-    def __init__(self) -> None:
+    def __init__(self, update: dict[str, Any] | None = None) -> None:
         self.done = threading.Event()
         self.seq = 0
+        self.update = update
 
 
 class Client:
@@ -194,7 +100,7 @@ class Client:
         tag = re.sub(r"[^A-Za-z0-9_-]", "_", cfg.spool_tag or os.environ.get("RANK", "0"))
         try:
             self._spool = Spool(
-                spool_dir if spool_dir is not None else _default_spool_dir(),
+                spool_dir if spool_dir is not None else default_spool_dir(),
                 f"{self.run_id}.{tag}",
                 max_bytes=cfg.spool_max_bytes,
                 keep_every=cfg.spool_keep_every,
@@ -260,35 +166,36 @@ class Client:
     ) -> None:
         """Flush, record the run's outcome (``PATCH``), stop the threads. Idempotent.
 
-        Waits at most ``timeout`` seconds (default ``config.flush_timeout_s``). Whatever was not
-        delivered stays in the spool file for a later ``Client`` with the same run id.
-        ``status=None`` leaves the run's status as it is (e.g. a job that will resume).
+        The outcome goes through the spool behind the last batch, like the points. Waits at
+        most ``timeout`` seconds (default ``config.flush_timeout_s``). Whatever was not
+        delivered (the outcome included) stays in the spool file for a later ``Client`` with
+        the same run id. ``status=None`` leaves the run's status as it is (e.g. a job that will
+        resume).
         """
         if self._closed:
             return
         deadline = time.monotonic() + (self.config.flush_timeout_s if timeout is None else timeout)
-        marker = self._mark()
+        update = None
+        if status is not None or summary:
+            update = RunUpdate(status=status, summary=summary).model_dump(mode="json", exclude_none=True)
+        marker = self._mark(update)
         self._closed = True
         atexit.unregister(self._at_exit)
-        delivered = self._wait_delivered(marker, deadline)
+        self._wait_delivered(marker, deadline)
         self._stop_batcher.set()
         self._wake_batcher.set()
         # Draining the in-memory queue to disk is quick and must not be cut short.
         self._batch_thread.join(max(2.0, deadline - time.monotonic()))
-        if delivered and self._registered and (status is not None or summary):
-            payload = RunUpdate(status=status, summary=summary).model_dump(exclude_none=True)
-            reply = self._transport.update_run(self.run_id, payload)
-            if reply.verdict != "ok":
-                self._error(f"closing run {self.run_id}: HTTP {reply.status}: {reply.detail}")
         self._stop_sender.set()
         self._work.set()
         self._send_thread.join(max(0.1, deadline - time.monotonic()))
-        pending = self._spool.pending_points
-        if pending:
+        points, updates = self._spool.pending_points, self._spool.pending_updates
+        if points or updates:
             log.warning(
-                "stabmon client: %d points of run %s were not delivered; they stay in %s and a "
+                "stabmon client: %d points%s of run %s were not delivered; they stay in %s and a "
                 "Client with run id %s and this spool_dir will deliver them",
-                pending,
+                points,
+                " and the run's status update" if updates else "",
                 self.run_id,
                 self._spool.path,
                 self.run_id,
@@ -326,6 +233,7 @@ class Client:
             rejected_batches=c["rejected_batches"],
             rejected_points=c["rejected_points"],
             points_lost=c["points_lost"],
+            status_pending=sp.pending_updates > 0,
             alert_callback_errors=self._alerts.callback_errors,
             last_error=self._last_error,
         )
@@ -345,8 +253,8 @@ class Client:
         self.close(status="stopped" if exc_type is not None else "finished")
 
     # -- internals -------------------------------------------------------------------------
-    def _mark(self) -> _Marker:
-        m = _Marker()
+    def _mark(self, update: dict[str, Any] | None = None) -> _Marker:
+        m = _Marker(update)
         if len(self._queue) == self._queue.maxlen:
             self._dropped += 1
         self._queue.append(m)
@@ -387,6 +295,8 @@ class Client:
                 sealed = b.seal_open()
                 if sealed is not None:
                     self._append(sealed)
+                if item.update is not None:
+                    self._append_update(item.update)
                 item.seq = self._spool.last_seq
                 item.done.set()
                 continue
@@ -408,6 +318,14 @@ class Client:
         self._work.set()
         with self._progress:
             self._progress.notify_all()
+
+    def _append_update(self, update: dict[str, Any]) -> None:
+        try:
+            self._spool.append_update(update)
+        except OSError as e:
+            self._error(f"cannot spool the run's status update: {e}", logging.ERROR)
+            return
+        self._work.set()
 
     def _send_loop(self) -> None:
         cfg = self.config
@@ -432,7 +350,7 @@ class Client:
                         self._work.wait(self.config.poll_interval_s)
                         self._work.clear()
                         continue
-                    reply = self._send(*head, first_try=not failing)
+                    reply = self._send(head, first_try=not failing)
             except Exception as e:  # a bug must not kill delivery for the rest of the run
                 reply = Reply("retry", None, detail=f"{type(e).__name__}: {e}")
                 log.exception("stabmon client: unexpected error in the sender")
@@ -451,7 +369,14 @@ class Client:
             with self._progress:
                 self._progress.notify_all()
 
-    def _send(self, batch_id: str, body: str, n_points: int, first_try: bool) -> Reply:
+    def _send(self, head: Pending, first_try: bool) -> Reply:
+        batch_id, body, n_points, kind = head
+        if kind == "update":
+            reply = self._transport.update_run(self.run_id, body)
+            if reply.verdict == "ok":
+                self._spool.ack(batch_id)
+                return reply
+            return self._refused(head, reply)
         if first_try:
             self._c["points_sent"] += n_points
         reply = self._transport.post_points(self.run_id, body)
@@ -465,7 +390,13 @@ class Client:
             # waited for have been fully handled (on_alert called, stats updated).
             self._alerts.update(data.get("alerts"))
             self._spool.ack(batch_id)
-        elif reply.verdict == "reject":
+            return reply
+        return self._refused(head, reply)
+
+    def _refused(self, head: Pending, reply: Reply) -> Reply:
+        """A batch or update the collector did not take: split, re-register, or set aside."""
+        batch_id, body, n_points, kind = head
+        if reply.verdict == "reject":
             if reply.status == 413 and self._spool.split(batch_id):
                 # The collector's body limit is below ours: resend in halves, and make new
                 # batches smaller from now on.
@@ -483,11 +414,15 @@ class Client:
                 self._reregistered_for = batch_id
                 self._registered = False
                 return Reply("ok", 404)
-            self._c["rejected_batches"] += 1
-            self._c["rejected_points"] += n_points
+            if kind == "points":
+                self._c["rejected_batches"] += 1
+                self._c["rejected_points"] += n_points
+                what = f"batch {batch_id} ({n_points} points)"
+            else:
+                what = "the run's status update"
             self._error(
-                f"collector rejected batch {batch_id} ({n_points} points) with HTTP {reply.status}: "
-                f"{reply.detail}; kept in {self._spool.rejected_path}",
+                f"collector rejected {what} with HTTP {reply.status}: {reply.detail}; "
+                f"kept in {self._spool.rejected_path}",
                 logging.ERROR,
             )
             self._spool.reject(batch_id, body, reply.status, reply.detail)

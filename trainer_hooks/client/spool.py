@@ -8,6 +8,11 @@ delivery order is write order, across collector outages and across processes: a 
 :class:`Spool` on the same file (same directory, run id and tag) loads the unacknowledged
 batches and the client replays them first.
 
+The run's status update (``close(status=..., summary=...)``) travels the same way: an entry
+``{"batch_id": id, "run_update": {...}}`` appended after the run's last batch, so it reaches
+the collector after every point, from this process or from the next one that loads the file.
+It holds no points, so thinning never touches it.
+
 Durability (the fsync policy): each append and ack is flushed to the operating system
 before the call returns, so a crash of the training process loses nothing that reached the
 spool; with ``fsync=True`` it is also forced to disk (survives power loss, costs a disk
@@ -32,8 +37,10 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
 from trainer_hooks.client.batching import SealedBatch, seal
 
@@ -49,6 +56,9 @@ class SpoolInUseError(RuntimeError):
     """Another live process (or client) holds this spool file."""
 
 
+Kind = Literal["points", "update"]
+
+
 @dataclass
 class _Entry:
     seq: int
@@ -56,6 +66,17 @@ class _Entry:
     offset: int
     nbytes: int  # including the newline
     n_points: int
+    kind: Kind = "points"
+
+
+class Pending(NamedTuple):
+    """The head of the spool: what to send next."""
+
+    batch_id: str
+    body: str
+    """The request body: a ``PointsIn`` for points, a ``RunUpdate`` for an update."""
+    n_points: int
+    kind: Kind
 
 
 class Spool:
@@ -89,6 +110,7 @@ class Spool:
         self._dead = 0  # bytes of acknowledged batches and ack lines still in the file
         self._pending_bytes = 0  # running totals over _entries (kept O(1) per append/ack)
         self._pending_points = 0
+        self._pending_updates = 0
         self._lock_file = open(self.dir / f"{name}.lock", "a+b")  # noqa: SIM115 - held for the spool's life
         if fcntl is not None:
             try:
@@ -117,6 +139,11 @@ class Spool:
         return self._pending_bytes
 
     @property
+    def pending_updates(self) -> int:
+        """Run status updates not yet acknowledged (0 or 1 in practice)."""
+        return self._pending_updates
+
+    @property
     def last_seq(self) -> int:
         return self._seq
 
@@ -140,15 +167,35 @@ class Spool:
             self._enforce_bound()
             return self._seq
 
+    def append_update(self, update: dict[str, Any]) -> int:
+        """Append a run status update (a ``RunUpdate`` payload) behind every batch so far;
+        returns its sequence number. Its id makes an acknowledgement name it like a batch."""
+        bid = uuid.uuid4().hex
+        line = json.dumps({"batch_id": bid, "run_update": update}, separators=(",", ":"), allow_nan=False)
+        data = (line + "\n").encode()
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"spool {self.path} is closed")
+            offset = self._write(data)
+            self._seq += 1
+            self._entries.append(_Entry(self._seq, bid, offset, len(data), 0, "update"))
+            self._pending_bytes += len(data)
+            self._pending_updates += 1
+            return self._seq
+
     # -- sender side -------------------------------------------------------------------
-    def peek(self) -> tuple[str, str, int] | None:
-        """``(batch_id, body, n_points)`` of the oldest pending batch, or None."""
+    def peek(self) -> Pending | None:
+        """The oldest pending entry, or None."""
         with self._lock:
             if self._closed or not self._entries:
                 return None
             e = self._entries[0]
             self._f.seek(e.offset)
-            return e.batch_id, self._f.read(e.nbytes).decode().rstrip("\n"), e.n_points
+            line = self._f.read(e.nbytes).decode().rstrip("\n")
+            if e.kind == "update":
+                body = json.dumps(json.loads(line)["run_update"], separators=(",", ":"), allow_nan=False)
+                return Pending(e.batch_id, body, 0, "update")
+            return Pending(e.batch_id, line, e.n_points, "points")
 
     def ack(self, batch_id: str) -> bool:
         """Mark a batch delivered. False if it is no longer pending (thinned away meanwhile)."""
@@ -161,6 +208,7 @@ class Spool:
             e = self._entries.pop(idx)
             self._pending_bytes -= e.nbytes
             self._pending_points -= e.n_points
+            self._pending_updates -= e.kind == "update"
             if not self._entries:
                 # Nothing pending: start the file afresh instead of growing it with acks.
                 self._f.truncate(0)
@@ -179,7 +227,7 @@ class Spool:
         answered 413: its body limit is below ours). False if it holds a single point."""
         with self._lock:
             e = next((e for e in self._entries if e.batch_id == batch_id), None)
-            if self._closed or e is None or e.n_points < 2:
+            if self._closed or e is None or e.kind != "points" or e.n_points < 2:
                 return False
             self._f.seek(e.offset)
             pts = json.loads(self._f.read(e.nbytes))["points"]
@@ -247,6 +295,11 @@ class Spool:
                     acked.add(obj["ack"])
                     dirty = True
                     continue
+                if "run_update" in obj:
+                    if not isinstance(obj["run_update"], dict):
+                        raise TypeError("run_update is not an object")
+                    entries.append(_Entry(0, obj["batch_id"], start, len(line), 0, "update"))
+                    continue
                 entries.append(_Entry(0, obj["batch_id"], start, len(line), len(obj["points"])))
             except (ValueError, KeyError, TypeError):
                 self.corrupt_lines += 1
@@ -265,16 +318,21 @@ class Spool:
 
     def _enforce_bound(self) -> None:
         while len(self._entries) > 1 and self.pending_bytes > self.max_bytes:
-            self._thin_once()
+            if not self._thin_once():
+                return  # only the newest batch and status updates are left: nothing to thin
 
-    def _thin_once(self) -> None:
-        # The oldest segment: entries covering about half of the pending bytes, never the newest.
+    def _thin_once(self) -> bool:
+        # The oldest segment: batches covering about half of the pending bytes, never the newest
+        # batch; status updates are skipped (they hold no points and must arrive).
+        batches = [e for e in self._entries if e.kind == "points"]
         half, acc, seg = self.pending_bytes / 2, 0, []
-        for e in self._entries[:-1]:
+        for e in batches[:-1]:
             if seg and acc + e.nbytes > half:
                 break
             seg.append(e)
             acc += e.nbytes
+        if not seg:
+            return False
         bodies = {}
         for e in seg:
             self._f.seek(e.offset)
@@ -301,9 +359,10 @@ class Spool:
             self.thinned_points,
         )
         self._rewrite(replaced)
+        return True
 
     def _rewrite(self, replaced: dict[str, list[SealedBatch]]) -> None:
-        """Rewrite the file with only pending batches; ``replaced`` maps a batch id to the
+        """Rewrite the file with only pending entries; ``replaced`` maps a batch id to the
         batches that take its place (none: drop it; several: split it, all keeping its seq)."""
         tmp = self.path.with_suffix(".tmp")
         entries: list[_Entry] = []
@@ -315,7 +374,8 @@ class Spool:
                     self._f.seek(e.offset)
                     parts = [(self._f.read(e.nbytes), e.batch_id, e.n_points)]
                 for data, bid, n in parts:
-                    entries.append(_Entry(e.seq, bid, out.tell(), len(data), n))
+                    # Only batches are ever replaced, by batches: every entry keeps its kind.
+                    entries.append(_Entry(e.seq, bid, out.tell(), len(data), n, e.kind))
                     out.write(data)
             out.flush()
             if self.fsync:
@@ -330,3 +390,4 @@ class Spool:
     def _recount(self) -> None:
         self._pending_bytes = sum(e.nbytes for e in self._entries)
         self._pending_points = sum(e.n_points for e in self._entries)
+        self._pending_updates = sum(e.kind == "update" for e in self._entries)

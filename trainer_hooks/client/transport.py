@@ -117,9 +117,10 @@ class Transport:
         """``POST /api/v1/runs/{run_id}/points`` with an already-encoded ``PointsIn`` body."""
         return self._call("POST", f"/api/v1/runs/{run_id}/points", body.encode())
 
-    def update_run(self, run_id: str, payload: dict[str, Any]) -> Reply:
-        """``PATCH /api/v1/runs/{run_id}`` with a ``RunUpdate``."""
-        return self._call("PATCH", f"/api/v1/runs/{run_id}", json.dumps(payload, allow_nan=False).encode())
+    def update_run(self, run_id: str, payload: dict[str, Any] | str) -> Reply:
+        """``PATCH /api/v1/runs/{run_id}`` with a ``RunUpdate`` (a dict, or its encoded JSON)."""
+        body = payload if isinstance(payload, str) else json.dumps(payload, allow_nan=False)
+        return self._call("PATCH", f"/api/v1/runs/{run_id}", body.encode())
 
     def close(self) -> None:
         self._http.close()

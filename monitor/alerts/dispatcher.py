@@ -16,8 +16,13 @@ failing or hanging receiver cannot slow ingest. Behind it:
   Each attempt is one :class:`~monitor.alerts.log.DeliveryAttempt` in the log.
 
 A receiver that hangs occupies one sender for ``webhook_timeout_s`` per attempt; the other
-senders keep delivering to everyone else. Retries still pending at shutdown are dropped
-(and counted in :attr:`stats`): a notification is best-effort once the collector stops.
+senders keep delivering to everyone else.
+
+Every scheduled delivery is also in the :mod:`outbox <monitor.alerts.outbox>` until it ends, with
+its next attempt number and due time. Retries pending at shutdown (and deliveries not yet tried)
+stay there, and a dispatcher that starts on the same database resumes them first, with their
+attempt count and backoff; so does one started after a crash. With the in-memory outbox they
+are dropped at shutdown (counted in :attr:`stats` as ``abandoned``).
 """
 
 from __future__ import annotations
@@ -29,20 +34,25 @@ import queue
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
 
-from monitor.alerts.log import DeliveryAttempt, DeliveryLog, MemoryDeliveryLog
+from monitor.alerts.events import classify_events
+from monitor.alerts.log import DeliveryAttempt, DeliveryLog, MemoryDeliveryLog, utcnow
+from monitor.alerts.outbox import Key, MemoryOutbox, Outbox, PendingDelivery, reconcile
 from monitor.alerts.payload import Event, build_payload
 from monitor.alerts.settings import WebhookSettings
-from monitor.alerts.targets import SEVERITY_RANK, WebhookTarget, merge_targets, redact_url, run_targets
+from monitor.alerts.targets import WebhookTarget, merge_targets, redact_url, run_targets
 
 log = logging.getLogger("stabmon.alerts")
 
 _STOP = object()
+_RESUME = object()
 _MAX_ERROR_CHARS = 500
 
 
@@ -56,45 +66,22 @@ class _Delivery:
     run_id: str = field(compare=False)
     payload: dict[str, Any] = field(compare=False)
     attempt: int = field(default=1, compare=False)
+    run_config: dict[str, Any] = field(default_factory=dict, compare=False)
+    persisted: bool = field(default=True, compare=False)
+    """Whether the outbox holds its current attempt (False after an outbox failure)."""
 
-
-def classify_events(
-    alerts: Iterable[Mapping[str, Any]], seen: dict[int, tuple[str, str]]
-) -> list[tuple[Event, Mapping[str, Any]]]:
-    """The events in a list of alert snapshots, given what was seen before (updated in place).
-
-    ``seen`` maps alert id -> (severity, status) last notified. A new open alert is
-    ``opened``; a known open alert whose severity rose is ``escalated``; an alert that turns
-    up resolved (and was not already resolved) is ``resolved``, preceded by ``opened`` if it
-    was never seen open (the delivery log drops that one if it was already delivered).
-    Anything else (``last_step`` moved, message changed) is not an event.
-    """
-    events: list[tuple[Event, Mapping[str, Any]]] = []
-    for alert in alerts:
-        aid = int(alert["id"])
-        sev, status = str(alert["severity"]), str(alert["status"])
-        prev = seen.get(aid)
-        if status == "resolved":
-            if prev is None:
-                # Opened and resolved between two looks (within one batch): the receiver still
-                # hears that it opened, so a resolution never refers to an unknown alert.
-                events.append(("opened", alert))
-            if prev is None or prev[1] != "resolved":
-                events.append(("resolved", alert))
-        elif prev is None or prev[1] == "resolved":
-            events.append(("opened", alert))
-        elif SEVERITY_RANK.get(sev, 0) > SEVERITY_RANK.get(prev[0], 0):
-            events.append(("escalated", alert))
-        seen[aid] = (sev, status)
-    return events
+    @property
+    def key(self) -> Key:
+        return (self.alert_id, self.event, self.target.target_id)
 
 
 class AlertDispatcher:
     """Background webhook delivery. ``start()`` once, ``notify()`` from anywhere, ``stop()`` at exit.
 
-    ``http`` (an ``httpx.Client``) and ``sleep``/``clock`` are injectable for tests; the
-    default client uses ``webhook_timeout_s`` and does not follow redirects (a webhook that
-    redirects is misconfigured, and following it could leak the body elsewhere).
+    ``http`` (an ``httpx.Client``) and ``clock`` are injectable for tests; the default client
+    uses ``webhook_timeout_s`` and does not follow redirects (a webhook that redirects is
+    misconfigured, and following it could leak the body elsewhere). ``outbox`` keeps what is
+    owed across restarts (default: in memory, so nothing is).
     """
 
     def __init__(
@@ -102,11 +89,14 @@ class AlertDispatcher:
         settings: WebhookSettings | None = None,
         delivery_log: DeliveryLog | None = None,
         *,
+        outbox: Outbox | None = None,
         http: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings or WebhookSettings()
         self.log: DeliveryLog = delivery_log if delivery_log is not None else MemoryDeliveryLog()
+        self.outbox: Outbox = outbox if outbox is not None else MemoryOutbox()
+        self.owner = uuid.uuid4().hex  # this dispatcher's name in the outbox
         self._global_targets = self.settings.global_targets()
         self._http = http or httpx.Client(
             timeout=httpx.Timeout(self.settings.webhook_timeout_s),
@@ -123,6 +113,7 @@ class AlertDispatcher:
         self._threads: list[threading.Thread] = []
         self._in_flight = 0
         self._busy: set[str] = set()  # target ids with a request in flight
+        self._pending: set[Key] = set()  # deliveries in the heap or in flight
         self._stopping = False
         self._stats_lock = threading.Lock()
         self.stats: dict[str, int] = {
@@ -135,6 +126,11 @@ class AlertDispatcher:
             "retried": 0,
             "failed": 0,
             "abandoned": 0,
+            "resumed": 0,
+            "skipped_pending": 0,
+            "taken_over": 0,
+            "orphaned": 0,
+            "outbox_errors": 0,
         }
 
     # -- lifecycle --------------------------------------------------------------------
@@ -142,6 +138,7 @@ class AlertDispatcher:
         if self._threads:
             return self
         self._stopping = False
+        self._inbox.put(_RESUME)  # the planner's first job: what a previous dispatcher left owed
         planner = threading.Thread(target=self._plan_loop, name="stabmon-alerts-planner", daemon=True)
         self._threads.append(planner)
         for i in range(self.settings.webhook_workers):
@@ -153,7 +150,8 @@ class AlertDispatcher:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Deliver what is due within ``timeout`` seconds, then stop; later retries are dropped."""
+        """Deliver what is due within ``timeout`` seconds, then stop; later retries stay in a
+        durable outbox for the next start (the in-memory one drops them)."""
         if not self._threads:
             return
         self.wait_idle(timeout=timeout, due_only=True)
@@ -162,12 +160,12 @@ class AlertDispatcher:
             self._stopping = True
             abandoned = len(self._heap)
             self._heap.clear()
+            self._pending.clear()
             self._cond.notify_all()
         if abandoned:
             self._bump("abandoned", abandoned)
-            log.warning(
-                "alert dispatcher stopped with %d webhook retries pending; they are dropped", abandoned
-            )
+            fate = "kept in the outbox for the next start" if self.outbox.durable else "dropped"
+            log.warning("alert dispatcher stopped with %d webhook deliveries pending; %s", abandoned, fate)
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -215,6 +213,9 @@ class AlertDispatcher:
             try:
                 if item is _STOP:
                     return
+                if item is _RESUME:
+                    self._resume()
+                    continue
                 run, alerts = item
                 self._plan(run, alerts)
             except Exception:  # a bad run config or a log failure must not kill the thread
@@ -235,18 +236,26 @@ class AlertDispatcher:
                 if self.log.delivered(int(alert["id"]), event, target.target_id):
                     self._bump("skipped_delivered")
                     continue
+                with self._cond:
+                    # Resumed from the outbox and not yet sent: the alert is new to this
+                    # dispatcher's memory, not to the receiver.
+                    owed = (int(alert["id"]), event, target.target_id) in self._pending
+                if owed:
+                    self._bump("skipped_pending")
+                    continue
                 payload = build_payload(target.format, event, alert, run, self.settings.public_url)
-                self._schedule(
-                    _Delivery(
-                        due=self._clock(),
-                        seq=next(self._seq),
-                        target=target,
-                        event=event,
-                        alert_id=int(alert["id"]),
-                        run_id=str(run["id"]),
-                        payload=payload,
-                    )
+                d = _Delivery(
+                    due=self._clock(),
+                    seq=next(self._seq),
+                    target=target,
+                    event=event,
+                    alert_id=int(alert["id"]),
+                    run_id=str(run["id"]),
+                    payload=payload,
+                    run_config=dict(run.get("config") or {}),
                 )
+                self._persist(d, delay=0.0)
+                self._schedule(d)
             if event == "resolved":
                 # A resolved alert never changes again: forget it, so memory stays bounded.
                 self._seen.pop(int(alert["id"]), None)
@@ -254,10 +263,95 @@ class AlertDispatcher:
     def _schedule(self, d: _Delivery) -> None:
         with self._cond:
             if self._stopping:
+                self._pending.discard(d.key)
                 self._bump("abandoned")
                 return
             heapq.heappush(self._heap, d)
+            self._pending.add(d.key)
             self._cond.notify()
+
+    # -- the outbox -------------------------------------------------------------------
+    def _resume(self) -> None:
+        """Schedule what the outbox holds (a previous dispatcher's unfinished deliveries),
+        each at its stored due time, and take them over from whoever scheduled them."""
+        try:
+            owed = self.outbox.claim(self.owner)
+        except Exception:
+            self._bump("outbox_errors")
+            log.exception("alert dispatcher: could not read the outbox; pending deliveries wait")
+            return
+        now_wall, now, resumed = utcnow(), self._clock(), 0
+        for p in owed:
+            own, _ = run_targets(p.run_config)
+            target = next(
+                (t for t in merge_targets(self._global_targets, own) if t.target_id == p.target_id), None
+            )
+            if target is None:
+                # The webhook was removed from the settings since: nobody to deliver to.
+                self._bump("orphaned")
+                log.warning(
+                    "alert %s (%s): webhook %s is no longer configured; dropping its delivery",
+                    p.alert_id,
+                    p.event,
+                    p.target_id,
+                )
+                self._outbox_call(self.outbox.remove, p.key)
+                continue
+            tried = [a for a in self.log.for_alert(p.alert_id) if (a.event, a.target_id) == p.key[1:]]
+            now_p = reconcile(p, tried, self._backoff)
+            if now_p is None:  # it ended just before a crash that left its row behind
+                self._bump("skipped_delivered" if tried[-1].outcome == "delivered" else "failed")
+                self._outbox_call(self.outbox.remove, p.key)
+                continue
+            wait = max(0.0, (now_p.due_at - now_wall).total_seconds())
+            resumed += 1
+            self._schedule(
+                _Delivery(
+                    due=now + wait,
+                    seq=next(self._seq),
+                    target=target,
+                    event=now_p.event,
+                    alert_id=now_p.alert_id,
+                    run_id=now_p.run_id,
+                    payload=now_p.payload,
+                    attempt=now_p.attempt,
+                    run_config=now_p.run_config,
+                )
+            )
+        if resumed:
+            self._bump("resumed", resumed)
+            log.info("alert dispatcher: resumed %d webhook deliveries from the outbox", resumed)
+
+    def _persist(self, d: _Delivery, delay: float) -> None:
+        """Record (or update) ``d`` in the outbox, its next attempt due in ``delay`` seconds.
+        Sets ``d.persisted``: an attempt the outbox does not hold is sent without asking it."""
+        pending = PendingDelivery(
+            alert_id=d.alert_id,
+            run_id=d.run_id,
+            event=d.event,
+            target_id=d.target.target_id,
+            attempt=d.attempt,
+            due_at=utcnow() + timedelta(seconds=delay),
+            payload=d.payload,
+            run_config=d.run_config,
+        )
+        # put() returns None; the default, False, says it raised.
+        d.persisted = self._outbox_call(self.outbox.put, pending, self.owner, default=False) is not False
+
+    def _finish(self, d: _Delivery) -> None:
+        self._outbox_call(self.outbox.remove, d.key)
+        with self._cond:
+            self._pending.discard(d.key)
+
+    def _outbox_call(self, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
+        """An outbox that fails (database away) must not stop delivery: what is in memory is
+        still sent; only its survival across a restart is at risk, and that is logged."""
+        try:
+            return fn(*args)
+        except Exception as e:
+            self._bump("outbox_errors")
+            log.warning("alert dispatcher: outbox %s failed: %s: %s", fn.__name__, type(e).__name__, e)
+            return default
 
     # -- senders --------------------------------------------------------------------
     def _next_due(self) -> _Delivery | None:
@@ -299,6 +393,12 @@ class AlertDispatcher:
 
     def _attempt(self, d: _Delivery) -> None:
         s = self.settings
+        if d.persisted and not self._outbox_call(self.outbox.owns, d.key, self.owner, default=True):
+            # A collector that started since took it over (or it already ended there).
+            self._bump("taken_over")
+            with self._cond:
+                self._pending.discard(d.key)
+            return
         t0 = time.monotonic()
         status: int | None = None
         error: str | None = None
@@ -317,7 +417,12 @@ class AlertDispatcher:
 
         if status is not None and 200 <= status < 300:
             outcome = "delivered"
-        elif _retryable(status) and d.attempt < s.webhook_max_attempts and not self._stopping:
+        elif (
+            _retryable(status)
+            and d.attempt < s.webhook_max_attempts
+            and (self.outbox.durable or not self._stopping)
+        ):
+            # Stopping with a durable outbox: the retry waits there for the next start.
             outcome = "retrying"
         else:
             outcome = "failed"
@@ -338,18 +443,18 @@ class AlertDispatcher:
         )
         if outcome == "delivered":
             self._bump("delivered")
+            self._finish(d)
         elif outcome == "retrying":
             self._bump("retried")
-            delay = s.webhook_backoff_s * (2 ** (d.attempt - 1)) * (1.0 + 0.1 * random.random())
-            if retry_after is not None:
-                delay = max(delay, retry_after)
-            delay = min(delay, s.webhook_backoff_max_s)
+            delay = self._backoff(d.attempt, retry_after, jitter=True)
             d.attempt += 1
             d.due = self._clock() + delay
             d.seq = next(self._seq)
+            self._persist(d, delay)
             self._schedule(d)
         else:
             self._bump("failed")
+            self._finish(d)
             log.warning(
                 "alert %s (%s) to %s failed after %d attempt(s): %s",
                 d.alert_id,
@@ -358,6 +463,16 @@ class AlertDispatcher:
                 d.attempt,
                 error,
             )
+
+    def _backoff(self, attempt: int, retry_after: float | None = None, jitter: bool = False) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (jitter only lengthens it)."""
+        s = self.settings
+        delay = s.webhook_backoff_s * (2 ** (attempt - 1))
+        if jitter:
+            delay *= 1.0 + 0.1 * random.random()
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return min(delay, s.webhook_backoff_max_s)
 
     def _bump(self, key: str, n: int = 1) -> None:
         with self._stats_lock:

@@ -1,9 +1,11 @@
 """Plugging alert delivery into a collector app: one call at build time, one at shutdown.
 
 :func:`install_alerts` builds the :class:`~monitor.alerts.AlertDispatcher` on the app's store
-(delivery log in SQL), mounts the delivery-log routes and returns the dispatcher, which the
-ingest service uses as its notifier. The dispatcher's threads start with the first alert, so
-an app that never alerts runs no extra threads; :func:`stop_alerts` ends them at shutdown.
+(delivery log and outbox in SQL), mounts the delivery-log routes and returns the dispatcher,
+which the ingest service uses as its notifier. The dispatcher's threads start with the first
+alert, so an app that never alerts runs no extra threads, or at start-up when
+:func:`resume_alerts` finds deliveries a previous run of the collector still owed (retries
+backing off when it stopped or crashed); :func:`stop_alerts` ends them at shutdown.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from monitor.alerts.dispatcher import AlertDispatcher
+from monitor.alerts.outbox_sql import SqlOutbox
 from monitor.alerts.settings import WebhookSettings
 from monitor.alerts.sql import SqlDeliveryLog
 from monitor.store import Store
@@ -30,10 +33,25 @@ class LazyDispatcher:
         self._started = False
 
     def notify(self, run: Mapping[str, Any], alerts: Sequence[Any]) -> None:
+        self._start()
+        self.dispatcher.notify(run, alerts)
+
+    def resume(self) -> int:
+        """Start now if the outbox holds deliveries; returns how many it holds."""
+        try:
+            owed = len(self.dispatcher.outbox)
+        except Exception:  # the collector must start even when this cannot be read
+            log.exception("could not read the webhook outbox; pending deliveries wait for the first alert")
+            return 0
+        if owed:
+            log.info("%d webhook deliveries pending from before the restart: resuming them", owed)
+            self._start()
+        return owed
+
+    def _start(self) -> None:
         if not self._started:
             self._started = True
             self.dispatcher.start()
-        self.dispatcher.notify(run, alerts)
 
     def stop(self, timeout: float = 2.0) -> None:
         if self._started:
@@ -47,13 +65,20 @@ def install_alerts(app: FastAPI, store: Store, settings: WebhookSettings | None 
     from monitor.alerts.routes import router
 
     settings = settings or WebhookSettings()
-    notifier = LazyDispatcher(AlertDispatcher(settings, SqlDeliveryLog(store)))
+    notifier = LazyDispatcher(AlertDispatcher(settings, SqlDeliveryLog(store), outbox=SqlOutbox(store)))
     app.include_router(router)
     app.state.alerts = notifier
     targets = settings.global_targets()
     if targets:
         log.info("alert webhooks for every run: %s", ", ".join(t.display_url for t in targets))
     return notifier
+
+
+def resume_alerts(app: FastAPI) -> None:
+    """At start-up: resume the webhook deliveries the outbox holds (see :class:`LazyDispatcher`)."""
+    notifier = getattr(app.state, "alerts", None)
+    if notifier is not None:
+        notifier.resume()
 
 
 def stop_alerts(app: FastAPI, timeout: float = 2.0) -> None:

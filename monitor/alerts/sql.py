@@ -4,7 +4,8 @@ The table hangs off the collector's metadata (same naming convention, same Alemb
 revision ``0002_alert_deliveries``), one row per attempt to deliver one alert event to one
 webhook. Rows go when their alert or run is deleted (``ON DELETE CASCADE``). URLs are stored
 redacted; ``target_id`` (a fingerprint of the full URL) says which rows share a receiver.
-Sender threads write here, never the ingest path.
+Sender threads write here, never the ingest path. ``run_id`` holds the run's internal key, taken
+from the alert's row; attempts read back carry the run's external id, like the rest of the API.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ alert_deliveries = Table(
 def _attempt(row) -> DeliveryAttempt:  # noqa: ANN001
     return DeliveryAttempt(
         alert_id=row.alert_id,
-        run_id=row.run_id,
+        run_id=row.external_id,
         event=row.event,
         target_id=row.target_id,
         url=row.url,
@@ -85,8 +86,17 @@ class SqlDeliveryLog:
     def record(self, attempt: DeliveryAttempt) -> None:
         row = attempt.to_dict()
         row["url"] = row["url"][:500]
+        # The attempt names the run by its external id, which is unique only within a project;
+        # the alert knows the run's internal key.
+        row["run_id"] = select(m.alerts.c.run_id).where(m.alerts.c.id == attempt.alert_id).scalar_subquery()
         with self._write() as conn:
             conn.execute(alert_deliveries.insert().values(**row))
+
+    @staticmethod
+    def _select():  # noqa: ANN205
+        return select(alert_deliveries, m.runs.c.external_id).join(
+            m.runs, m.runs.c.id == alert_deliveries.c.run_id
+        )
 
     def delivered(self, alert_id: int, event: str, target_id: str) -> bool:
         d = alert_deliveries.c
@@ -102,7 +112,7 @@ class SqlDeliveryLog:
     def for_alert(self, alert_id: int) -> list[DeliveryAttempt]:
         d = alert_deliveries.c
         with self.store.engine.connect() as conn:
-            rows = conn.execute(select(alert_deliveries).where(d.alert_id == alert_id).order_by(d.id)).all()
+            rows = conn.execute(self._select().where(d.alert_id == alert_id).order_by(d.id)).all()
         return [_attempt(r) for r in rows]
 
     def list(self, project_id: int, run_id: str, alert_id: int | None = None) -> list[DeliveryAttempt]:
@@ -110,15 +120,15 @@ class SqlDeliveryLog:
         is not in the project or the alert not in the run, exactly like a missing one."""
         d = alert_deliveries.c
         with self.store.engine.connect() as conn:
-            owned = conn.execute(
-                select(m.runs.c.id).where(m.runs.c.id == run_id, m.runs.c.project_id == project_id)
-            ).first()
-            if owned is None:
+            pk = conn.execute(
+                select(m.runs.c.id).where(m.runs.c.project_id == project_id, m.runs.c.external_id == run_id)
+            ).scalar()
+            if pk is None:
                 raise NotFound(f"run {run_id!r} not found")
-            q = select(alert_deliveries).where(d.run_id == run_id)
+            q = self._select().where(d.run_id == pk)
             if alert_id is not None:
                 found = conn.execute(
-                    select(m.alerts.c.id).where(m.alerts.c.id == alert_id, m.alerts.c.run_id == run_id)
+                    select(m.alerts.c.id).where(m.alerts.c.id == alert_id, m.alerts.c.run_id == pk)
                 ).first()
                 if found is None:
                     raise NotFound(f"alert {alert_id} not found in run {run_id!r}")

@@ -1,0 +1,125 @@
+"""The webhook outbox in SQL: the ``alert_outbox`` table and :class:`SqlOutbox`.
+
+One row per delivery the dispatcher still owes (see :mod:`monitor.alerts.outbox`), keyed by
+``(alert_id, event, target_id)``; the table hangs off the collector's metadata (revision
+``0007_alert_outbox``). A row goes when its delivery ends, or with its alert (``ON DELETE
+CASCADE``, and an alert goes with its run). The payload is stored as built (it never contains
+the run's webhooks); the URL is not stored at all. Sender and planner threads write here,
+never the ingest path: one write when a delivery is scheduled, one per retry, one at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    ForeignKey,
+    Integer,
+    String,
+    Table,
+    and_,
+    delete,
+    func,
+    select,
+    update,
+)
+
+from monitor.alerts.outbox import Key, PendingDelivery
+from monitor.store import Store
+from monitor.store import models as m
+from monitor.store.codec import aware, utcnow
+from monitor.store.engine import WRITE_OPTION
+
+alert_outbox = Table(
+    "alert_outbox",
+    m.metadata,
+    Column("alert_id", m.BigId, ForeignKey("alerts.id", ondelete="CASCADE"), primary_key=True),
+    Column("event", String(16), primary_key=True),
+    Column("target_id", String(16), primary_key=True),
+    Column("owner", String(32), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("due_at", m.TS, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", m.TS, nullable=False),
+)
+
+
+def _match(key: Key):  # noqa: ANN202
+    o = alert_outbox.c
+    alert_id, event, target_id = key
+    return and_(o.alert_id == alert_id, o.event == event, o.target_id == target_id)
+
+
+class SqlOutbox:
+    """:class:`~monitor.alerts.outbox.Outbox` on the collector's database."""
+
+    durable = True
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.store.engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})  # SQLite: take the write lock up front
+            with conn.begin():
+                yield conn
+
+    def put(self, delivery: PendingDelivery, owner: str) -> None:
+        # Delete and insert in one transaction: a portable upsert, and rare (once per attempt).
+        with self._write() as conn:
+            conn.execute(delete(alert_outbox).where(_match(delivery.key)))
+            conn.execute(
+                alert_outbox.insert().values(
+                    alert_id=delivery.alert_id,
+                    event=delivery.event,
+                    target_id=delivery.target_id,
+                    owner=owner,
+                    attempt=delivery.attempt,
+                    due_at=delivery.due_at,
+                    payload=delivery.payload,
+                    created_at=utcnow(),
+                )
+            )
+
+    def remove(self, key: Key) -> None:
+        with self._write() as conn:
+            conn.execute(delete(alert_outbox).where(_match(key)))
+
+    def claim(self, owner: str) -> list[PendingDelivery]:
+        o = alert_outbox.c
+        q = (
+            select(alert_outbox, m.runs.c.external_id, m.runs.c.config)
+            .join(m.alerts, m.alerts.c.id == o.alert_id)
+            .join(m.runs, m.runs.c.id == m.alerts.c.run_id)
+            .order_by(o.due_at, o.alert_id)
+        )
+        with self._write() as conn:
+            conn.execute(update(alert_outbox).values(owner=owner))
+            rows = conn.execute(q).all()
+        return [
+            PendingDelivery(
+                alert_id=r.alert_id,
+                run_id=r.external_id,
+                event=r.event,
+                target_id=r.target_id,
+                attempt=r.attempt,
+                due_at=aware(r.due_at),
+                payload=r.payload,
+                run_config=r.config or {},
+            )
+            for r in rows
+        ]
+
+    def owns(self, key: Key, owner: str) -> bool:
+        with self.store.engine.connect() as conn:
+            found = conn.execute(select(alert_outbox.c.owner).where(_match(key))).scalar()
+        return found == owner
+
+    def __len__(self) -> int:
+        with self.store.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(alert_outbox)).scalar_one()

@@ -109,8 +109,9 @@ def run_page(request: Request, run_id: str) -> Response:
     project, early = _session(request)
     if early is not None:
         return early
+    store = auth.store_of(request)
     try:
-        run = auth.store_of(request).get_run(project.id, run_id)
+        run = store.get_run(project.id, run_id)
     except NotFound:
         body = render.not_found(
             root_path=request.scope.get("root_path", ""), project=project.name, what=f"No run {run_id!r}"
@@ -122,7 +123,7 @@ def run_page(request: Request, run_id: str) -> Response:
         "heatmap_bins": HEATMAP_BINS,
         "poll_ms": RUN_POLL_MS,
         "keys_per_request": KEYS_PER_REQUEST,
-        "thresholds": thresholds_for(run.config),
+        "thresholds": thresholds_for(run.config, store.run_detector_layers(project.id, run.id)),
         "logit_divergence_level": WORTSMAN_DIVERGENCE_LOGIT,
     }
     return _page(request, project, "run", run.name, config, run_id=run.id, run_name=run.name)

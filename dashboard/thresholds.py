@@ -1,5 +1,5 @@
 """The attention-logit thresholds the run page draws: the divergence detector's own settings
-for the run (its defaults updated by ``run.config["detector"]``), read from
+for the run (its defaults updated by the collector-wide, project and run overrides), read from
 :class:`monitor.detect.DetectorConfig` rather than copied, so the lines on the plot are the
 levels at which the collector really alerts.
 
@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from monitor.detect import DetectorConfig
+from monitor.detect.layers import effective_run_config
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +22,16 @@ WORTSMAN_DIVERGENCE_LOGIT = 1e4
 """Attention-logit magnitude past which every run of Wortsman et al. (2023) diverged."""
 
 
-def thresholds_for(run_config: Mapping[str, Any] | None) -> dict[str, dict[str, float | None]]:
-    """``{"logit_max": {"warning", "critical"}, "logit_bound": {...}}`` for a run's config.
-    A disabled rule draws no lines; an invalid override falls back to the defaults (the
-    collector rejects such a run's detector config too, and the page must still open)."""
-    overrides = (run_config or {}).get("detector")
+def thresholds_for(
+    run_config: Mapping[str, Any] | None, layers: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, float | None]]:
+    """``{"logit_max": {"warning", "critical"}, "logit_bound": {...}}`` for a run's config and
+    the collector-wide and project overrides saved with it (``layers``, see
+    :mod:`monitor.detector_settings`). A disabled rule draws no lines; an invalid override falls
+    back to the defaults (the collector rejects such a run's detector config too, and the page
+    must still open)."""
     try:
+        overrides = effective_run_config(run_config or {}, layers).get("detector")
         cfg = DetectorConfig.from_overrides(overrides if isinstance(overrides, Mapping) else None)
     except ValueError as e:
         log.warning("run detector overrides are invalid, drawing default thresholds: %s", e)

@@ -6,9 +6,11 @@ Event metrics: ``stabmon_points_ingested_total``, ``stabmon_batches_ingested_tot
 (route is the template, e.g. ``/api/v1/runs/{run_id}/points``; status is the class, ``2xx``).
 State metrics, computed at scrape time from the database by :class:`StoreCollector` for the
 *active* runs (status running, data within ``STABMON_ACTIVE_RUN_WINDOW_S``), with bounded labels
-only (never a step): ``stabmon_series_latest{run,layer,site,stat}`` (run-level keys such as
-``loss`` have ``layer=""``, ``site=""``), ``stabmon_alert_active{run,rule,severity}`` and
-``stabmon_run_last_step{run}``. Non-finite latest values are exported as Prometheus NaN/+Inf/-Inf.
+only (never a step): ``stabmon_series_latest{project,run,layer,site,stat}`` (run-level keys such
+as ``loss`` have ``layer=""``, ``site=""``), ``stabmon_alert_active{project,run,rule,severity}``
+and ``stabmon_run_last_step{project,run}``. A run is named by its project and its id, since run
+ids are unique only within a project. Non-finite latest values are exported as Prometheus
+NaN/+Inf/-Inf.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ REJECT_REASONS = (
     "conflict",
     "bad_request",
     "db_unavailable",
+    "overloaded",
 )
 
 
@@ -51,13 +54,15 @@ class StoreCollector(Collector):
         latest = GaugeMetricFamily(
             "stabmon_series_latest",
             "Latest value of each monitored statistic of an active run.",
-            labels=["run", "layer", "site", "stat"],
+            labels=["project", "run", "layer", "site", "stat"],
         )
         alerts = GaugeMetricFamily(
-            "stabmon_alert_active", "1 per open alert of an active run.", labels=["run", "rule", "severity"]
+            "stabmon_alert_active",
+            "1 per open alert of an active run.",
+            labels=["project", "run", "rule", "severity"],
         )
         steps = GaugeMetricFamily(
-            "stabmon_run_last_step", "Highest step received from an active run.", labels=["run"]
+            "stabmon_run_last_step", "Highest step received from an active run.", labels=["project", "run"]
         )
         try:
             snap = self.store.metrics_snapshot(self.active_window_s)
@@ -66,11 +71,11 @@ class StoreCollector(Collector):
             return
         for r in snap.latest:
             layer = "" if r.layer is None else str(r.layer)
-            latest.add_metric([r.run_id, layer, r.site or "", r.stat], r.value)
-        for run_id, rule, severity in snap.open_alerts:
-            alerts.add_metric([run_id, rule, severity], 1.0)
-        for run_id, step in snap.last_step.items():
-            steps.add_metric([run_id], float(step))
+            latest.add_metric([r.project, r.run_id, layer, r.site or "", r.stat], r.value)
+        for project, run_id, rule, severity in snap.open_alerts:
+            alerts.add_metric([project, run_id, rule, severity], 1.0)
+        for (project, run_id), step in snap.last_step.items():
+            steps.add_metric([project, run_id], float(step))
         yield latest
         yield alerts
         yield steps

@@ -137,8 +137,14 @@ def test_alertmanager_routes_critical_alerts_to_the_critical_receiver() -> None:
     amtool = _need("amtool")
     cfg = str(DEPLOY / "alertmanager" / "alertmanager.yml")
     for labels, receiver in (
-        (["alertname=StabmonDivergenceCritical", "severity=critical", "run=r1"], "stabmon-critical"),
-        (["alertname=StabmonDivergenceWarning", "severity=warning", "run=r1"], "stabmon-default"),
+        (
+            ["alertname=StabmonDivergenceCritical", "severity=critical", "project=a", "run=r1"],
+            "stabmon-critical",
+        ),
+        (
+            ["alertname=StabmonDivergenceWarning", "severity=warning", "project=a", "run=r1"],
+            "stabmon-default",
+        ),
     ):
         out = subprocess.run(
             [amtool, "config", "routes", "test", "--config.file", cfg, *labels],
@@ -228,15 +234,22 @@ def test_grafana_queries_name_only_metrics_a_live_collector_exports(seeded) -> N
     exprs = _prom_exprs(_dashboard()) + [r["expr"] for g in rules["groups"] for r in g["rules"]]
     used = set()
     for expr in exprs:
-        for name in PROMQL_METRIC.findall(expr):
+        names = PROMQL_METRIC.findall(expr)
+        for name in names:
             assert name in exported, f"{name} (in {expr!r}) is not exported by the collector"
             used.add(name)
             # Labels in this metric's selector must exist on it.
             for sel in re.findall(re.escape(name) + r"\{([^}]*)\}", expr):
                 for label in re.findall(r"([a-zA-Z_]+)\s*(?:=~|!=|!~|=)", sel):
                     assert label in exported[name], f"{name} has no label {label!r} ({expr!r})"
+        # Labels it aggregates or matches on (``by (...)``, ``on (...)``) must exist too.
+        for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr) if names else []:
+            for label in filter(None, (x.strip() for x in clause.split(","))):
+                assert any(label in exported[n] for n in names), f"no metric has {label!r} ({expr!r})"
     for needed in ("stabmon_series_latest", "stabmon_alert_active", "stabmon_run_last_step"):
         assert needed in used
+        # Run ids are unique per project only: every run-level metric names the project too.
+        assert {"project", "run"} <= exported[needed]
     # The dashboard's layer/site legends rely on these labels.
     assert {"run", "layer", "site", "stat"} <= exported["stabmon_series_latest"]
 

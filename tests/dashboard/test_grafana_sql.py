@@ -1,8 +1,9 @@
 """Grafana's PostgreSQL panels against the real schema: a fresh database gets the compose
 stack's read-only role (``deploy/postgres/10-grafana-reader.sh``, run as the PostgreSQL image
 would, before the collector migrates), then the collector's migrations and a run with
-points and alerts; every SQL query of the provisioned dashboard then runs as that role and
-returns the run's data, and the role cannot write.
+points and alerts, plus another project's run of the same id; every SQL query of the
+provisioned dashboard then runs as that role and returns the chosen run's data (and only
+its), and the role cannot write.
 """
 
 from __future__ import annotations
@@ -66,12 +67,8 @@ def history_db() -> Iterator[dict]:
             ["/bin/sh", str(READER_SCRIPT)], env=env, capture_output=True, text=True, timeout=60
         )
         assert out.returncode == 0, out.stderr
-        run_id = _populate(url)
-        yield {
-            "url": url,
-            "reader_url": f"postgresql+psycopg://{reader}:{password}@127.0.0.1:5432/{db}",
-            "run": run_id,
-        }
+        _populate(url)
+        yield {"url": url, "reader_url": f"postgresql+psycopg://{reader}:{password}@127.0.0.1:5432/{db}"}
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
@@ -79,9 +76,9 @@ def history_db() -> Iterator[dict]:
         admin.dispose()
 
 
-def _populate(url: str) -> str:
+def _populate(url: str) -> None:
     from monitor.store import Store, migrate
-    from stabmon.wire import Point, RunCreate
+    from stabmon.wire import Point, RunCreate, RunUpdate
 
     migrate.upgrade(url)
     store = Store(url, pool_size=1)
@@ -97,12 +94,15 @@ def _populate(url: str) -> str:
             if p.step % 50 == 0 and p.step < 200:
                 p.values["val_loss"] = 3.5
         store.write_points(pid, run.id, "all", pts)
-        from stabmon.wire import RunUpdate
-
         store.update_run(
             pid, run.id, RunUpdate(status="diverged", summary={"final_loss": "nan", "diverged_at": 200})
         )
-        return run.id
+        # Run ids are per project: another project's run of the same id, with other data.
+        other = store.ensure_project("other")
+        store.create_run(other, RunCreate(id="hist-run", name="other run", config={"lr": 1e-3}))
+        store.write_points(
+            other, "hist-run", "all", [Point(step=s, values={"loss": 1000.0}) for s in range(10)]
+        )
     finally:
         store.dispose()
 
@@ -120,9 +120,9 @@ def _sql_targets() -> list[tuple[str, str]]:
     return out
 
 
-def _substitute(sql: str, run_id: str) -> str:
+def _substitute(sql: str, run_key: str) -> str:
     # Grafana's ${var:sqlstring} renders the value as a quoted SQL string.
-    sql = sql.replace("${history_run:sqlstring}", "'" + run_id.replace("'", "''") + "'")
+    sql = sql.replace("${history_run:sqlstring}", "'" + run_key.replace("'", "''") + "'")
     assert "$" not in sql, f"unsubstituted Grafana variable in {sql!r}"
     return sql
 
@@ -133,23 +133,27 @@ def test_dashboard_sql_runs_as_the_read_only_role(history_db: dict) -> None:
     eng = create_engine(history_db["reader_url"])
     try:
         with eng.connect() as conn:
+            # The variable's choices name each run by project and id; its value is the run's
+            # internal key, which the history panels filter on.
+            choices = conn.execute(text(dict(targets)["variable history_run"])).mappings().all()
+            key = {c["__text"]: c["__value"] for c in choices}["history run (history/hist-run)"]
+            assert len(choices) == 2 and key != "hist-run"
             results = {
-                title: conn.execute(text(_substitute(sql, history_db["run"]))).mappings().all()
-                for title, sql in targets
+                title: conn.execute(text(_substitute(sql, key))).mappings().all() for title, sql in targets
             }
     finally:
         eng.dispose()
-    runs = results["Runs"]
-    assert [r["id"] for r in runs] == ["hist-run"]
-    assert runs[0]["status"] == "diverged" and runs[0]["lr"] == "0.003" and runs[0]["diverged_at"] == "200"
+    runs = {r["project"]: r for r in results["Runs"]}
+    assert sorted(runs) == ["history", "other"] and {r["id"] for r in runs.values()} == {"hist-run"}
+    hist = runs["history"]
+    assert hist["status"] == "diverged" and hist["lr"] == "0.003" and hist["diverged_at"] == "200"
     loss = results["Loss over steps (history)"]
     assert [r["step"] for r in loss] == list(range(240))
-    assert all(r["loss"] is not None for r in loss if r["step"] < 200)
+    assert all(r["loss"] is not None and r["loss"] < 1000 for r in loss if r["step"] < 200)
     assert all(r["loss"] is None for r in loss if r["step"] >= 200)  # NaN loss: a gap, not a number
     assert [r["step"] for r in loss if r["val_loss"] is not None] == [0, 50, 100, 150]
     logits = results["Max attention logit over layers (history)"]
     assert len(logits) == 240 and logits[150]["max_logit_over_layers"] > 0
-    assert results["variable history_run"][0]["__value"] == "hist-run"
 
 
 def test_the_grafana_role_cannot_write(history_db: dict) -> None:

@@ -85,6 +85,13 @@ def test_thresholds_are_the_detectors() -> None:
     }
 
 
+def test_thresholds_include_the_layers_saved_with_the_run() -> None:
+    layers = {"collector": {"logit_max": {"warning": 50.0}}, "project": {"logit_max": {"critical": 100.0}}}
+    drawn = thresholds_for({"detector": {"logit_max.critical": 80}}, layers)
+    assert drawn["logit_max"] == {"warning": 50.0, "critical": 80.0}  # the run's own wins
+    assert thresholds_for({}, layers)["logit_max"] == {"warning": 50.0, "critical": 100.0}
+
+
 def test_invalid_overrides_fall_back_to_defaults() -> None:
     assert thresholds_for({"detector": {"no_such_rule": {}}}) == thresholds_for(None)
     assert thresholds_for({"detector": "garbage"}) == thresholds_for(None)

@@ -35,11 +35,14 @@ def test_project_in_body_must_match_token(api):
     assert ok.status_code == 201
 
 
-def test_run_id_of_another_project_is_a_conflict(api):
+def test_run_id_of_another_project_is_another_run(api):
     api.create_run("shared")
     r = api.client.post("/api/v1/runs", json={"id": "shared", "name": "mine"}, headers=api.other_headers)
-    assert r.status_code == 409
-    assert "mine" not in str(api.client.get("/api/v1/runs/shared", headers=api.headers).json())
+    assert r.status_code == 201 and (r.json()["id"], r.json()["project"]) == ("shared", "beta")
+    again = api.client.post("/api/v1/runs", json={"id": "shared", "name": "x"}, headers=api.other_headers)
+    assert again.status_code == 200 and again.json()["name"] == "mine"  # idempotent within beta
+    assert api.client.get("/api/v1/runs/shared", headers=api.headers).json()["name"] == "shared"
+    assert api.client.get("/api/v1/runs/shared", headers=api.other_headers).json()["name"] == "mine"
 
 
 def test_other_projects_runs_are_invisible(api):

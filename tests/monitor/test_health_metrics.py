@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi.testclient import TestClient
 
 from monitor.api import create_app
@@ -58,15 +60,32 @@ def test_scrape_time_gauges_for_active_runs(api):
     api.client.patch("/api/v1/runs/done", json={"status": "finished"}, headers=api.headers)
     reg = api.client.app.state.metrics.registry
     get = reg.get_sample_value
-    assert get("stabmon_series_latest", {"run": "r", "layer": "3", "site": "fc2", "stat": "l2_mean"}) == 5.5
-    assert get("stabmon_series_latest", {"run": "r", "layer": "", "site": "", "stat": "loss"}) == 2.0
-    assert get(
-        "stabmon_series_latest", {"run": "r", "layer": "0", "site": "attn", "stat": "logit_max"}
-    ) == float("inf")
-    assert get("stabmon_run_last_step", {"run": "r"}) == 7
-    assert get("stabmon_run_last_step", {"run": "done"}) is None  # finished runs drop out
+    r = {"project": "alpha", "run": "r"}
+    assert get("stabmon_series_latest", {**r, "layer": "3", "site": "fc2", "stat": "l2_mean"}) == 5.5
+    assert get("stabmon_series_latest", {**r, "layer": "", "site": "", "stat": "loss"}) == 2.0
+    logit = {**r, "layer": "0", "site": "attn", "stat": "logit_max"}
+    assert get("stabmon_series_latest", logit) == float("inf")
+    assert get("stabmon_run_last_step", r) == 7
+    assert get("stabmon_run_last_step", {"project": "alpha", "run": "done"}) is None  # finished runs drop out
     text = api.client.get("/metrics").text
-    assert 'stabmon_series_latest{layer="3",run="r",site="fc2",stat="l2_mean"} 5.5' in text
+    assert 'stabmon_series_latest{layer="3",project="alpha",run="r",site="fc2",stat="l2_mean"} 5.5' in text
+
+
+def test_same_run_id_in_two_projects_is_two_sets_of_gauges(api):
+    api.create_run("exp-1")
+    r = api.client.post("/api/v1/runs", json={"id": "exp-1", "name": "b"}, headers=api.other_headers)
+    assert r.status_code == 201
+    api.post_points("exp-1", "b1", [{"step": 3, "values": {"loss": 1.5}}])
+    api.post_points("exp-1", "b1", [{"step": 9, "values": {"loss": "nan"}}], headers=api.other_headers)
+    get = api.client.app.state.metrics.registry.get_sample_value
+    a, b = {"project": "alpha", "run": "exp-1"}, {"project": "beta", "run": "exp-1"}
+    loss = {"layer": "", "site": "", "stat": "loss"}
+    assert (get("stabmon_run_last_step", a), get("stabmon_run_last_step", b)) == (3, 9)
+    assert get("stabmon_series_latest", {**a, **loss}) == 1.5
+    assert math.isnan(get("stabmon_series_latest", {**b, **loss}))
+    critical = {"rule": "non_finite", "severity": "critical"}
+    assert get("stabmon_alert_active", {**a, **critical}) is None
+    assert get("stabmon_alert_active", {**b, **critical}) == 1
 
 
 def test_open_alert_gauge(api):
@@ -75,7 +94,8 @@ def test_open_alert_gauge(api):
     reg = api.client.app.state.metrics.registry
     assert (
         reg.get_sample_value(
-            "stabmon_alert_active", {"run": "r", "rule": "non_finite", "severity": "critical"}
+            "stabmon_alert_active",
+            {"project": "alpha", "run": "r", "rule": "non_finite", "severity": "critical"},
         )
         == 1
     )

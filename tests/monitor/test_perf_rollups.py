@@ -44,7 +44,8 @@ def _recomputed(store, run_id: str) -> dict:  # noqa: ANN001
         rows = conn.execute(
             select(m.series.c.key, m.points.c.rank, m.points.c.step, m.points.c.value)
             .join(m.series, m.series.c.id == m.points.c.series_id)
-            .where(m.series.c.run_id == run_id)
+            .join(m.runs, m.runs.c.id == m.series.c.run_id)
+            .where(m.runs.c.external_id == run_id)
             .order_by(m.points.c.step)
         ).all()
     for key, rank, step, value in rows:

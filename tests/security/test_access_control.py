@@ -167,16 +167,19 @@ def test_b_is_absent_from_a_s_listings(world):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run ids are global primary keys: registering another project's id answers 409, "
-    "which tells the caller that the id exists (fix: key runs by (project_id, id))",
-)
 def test_registering_another_projects_run_id_reveals_nothing(world):
-    client, ha, _, _, _ = world
+    client, ha, hb, _, b_alert = world
+    before = _b_snapshot(client, hb)
     taken = client.post("/api/v1/runs", json={"id": B_RUN, "name": "x"}, headers=ha)
     fresh = client.post("/api/v1/runs", json={"id": GHOST, "name": "x"}, headers=ha)
-    assert taken.status_code == fresh.status_code
+    assert taken.status_code == fresh.status_code == 201
+    same = {k: v for k, v in taken.json().items() if k not in ("id", "created_at", "updated_at")}
+    assert same == {k: v for k, v in fresh.json().items() if k not in ("id", "created_at", "updated_at")}
+    assert not [m for m in B_MARKERS[:3] if m in taken.text]
+    # A's run of that id is A's own: empty, no alerts, and B's run is untouched.
+    assert client.get(f"/api/v1/runs/{B_RUN}/alerts", headers=ha).json() == []
+    assert client.get(f"/api/v1/runs/{B_RUN}/latest", headers=ha).json()["values"] == {}
+    assert _b_snapshot(client, hb) == before
 
 
 def test_revoked_token_stops_working_on_the_next_request(world):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -127,6 +128,15 @@ def app_from_env():  # noqa: ANN201
     return create_app(Settings(migrate_on_start=False))
 
 
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``STABMON_*`` variables from which ``Settings()`` reads ``settings`` back (JSON for the
+    structured ones, such as ``STABMON_DETECTOR``)."""
+    out = {}
+    for name, value in settings.model_dump(mode="json", exclude_none=True).items():
+        out[f"STABMON_{name.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return out
+
+
 def serve(settings: Settings, log_level: str = "info", workers: int = 1) -> None:
     """Run the collector until interrupted; ``workers`` > 1 runs that many processes (the
     collector is stateless apart from the database, so they share the port)."""
@@ -141,9 +151,7 @@ def serve(settings: Settings, log_level: str = "info", workers: int = 1) -> None
         print(info.token, flush=True)
     if workers > 1:
         store.dispose()
-        # Workers rebuild the same Settings from the environment.
-        for name, value in settings.model_dump(exclude_none=True).items():
-            os.environ[f"STABMON_{name.upper()}"] = str(value)
+        os.environ.update(settings_environment(settings))  # workers rebuild the same Settings
         uvicorn.run(
             "monitor.server:app_from_env",
             factory=True,

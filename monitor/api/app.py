@@ -14,9 +14,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from dashboard import mount as mount_dashboard
-from monitor.alerts.service import install_alerts, stop_alerts
+from monitor.alerts.service import install_alerts, resume_alerts, stop_alerts
+from monitor.api.admission import IngestGate
 from monitor.api.errors import BodyLimitMiddleware, document_error_shapes, install_error_handlers
-from monitor.api.routes import alerts, health, points, runs, series
+from monitor.api.routes import alerts, health, points, project, runs, series
+from monitor.detector_settings import DetectorSettings
 from monitor.ingest import DetectorFactory, IngestService, Notifier
 from monitor.metrics import AppMetrics, TimingMiddleware
 from monitor.settings import Settings
@@ -59,6 +61,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # noqa: ANN202
+        resume_alerts(_app)  # webhook retries still owed from before a restart
         yield
         stop_alerts(_app)
         if owns_store:
@@ -76,7 +79,11 @@ def create_app(
     app.state.metrics = metrics
     webhooks = install_alerts(app, store)  # delivery-log routes + the default notifier (webhooks)
     app.state.ingest = IngestService(store, detectors, notifier or webhooks)
-    for module in (runs, points, series, alerts, health):
+    app.state.detector_settings = DetectorSettings(store, settings.detector)
+    app.state.ingest_gate = IngestGate(
+        settings.resolved_ingest_slots, settings.ingest_queue_bytes, settings.ingest_wait_s
+    )
+    for module in (runs, points, series, alerts, project, health):
         app.include_router(module.router)
     install_error_handlers(app, metrics, settings.retry_after_s)
     document_error_shapes(app)

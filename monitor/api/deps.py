@@ -1,5 +1,5 @@
 """FastAPI dependencies, as ``Annotated`` aliases: ``StoreDep``, ``IngestDep``, ``MetricsDep``,
-``SettingsDep`` and ``ProjectDep`` (the authenticated caller's project).
+``SettingsDep``, ``DetectorSettingsDep`` and ``ProjectDep`` (the authenticated caller's project).
 
 Authentication: the token comes from ``Authorization: Bearer <token>`` first, then from the
 ``stabmon_token`` cookie (HttpOnly, set by the dashboard's login page), so browsers and
@@ -14,6 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from monitor.detector_settings import DetectorSettings
 from monitor.ingest import IngestService
 from monitor.metrics import AppMetrics
 from monitor.settings import Settings
@@ -36,6 +37,10 @@ def get_metrics(request: Request) -> AppMetrics:
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def get_detector_settings(request: Request) -> DetectorSettings:
+    return request.app.state.detector_settings
 
 
 def token_from_request(request: Request) -> str | None:
@@ -70,4 +75,5 @@ StoreDep = Annotated[Store, Depends(get_store)]
 IngestDep = Annotated[IngestService, Depends(get_ingest)]
 MetricsDep = Annotated[AppMetrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+DetectorSettingsDep = Annotated[DetectorSettings, Depends(get_detector_settings)]
 ProjectDep = Annotated[Project, Depends(get_project)]

@@ -8,7 +8,10 @@ problem, counted in ``stabmon_requests_rejected_total{reason}``.
 - store errors: NotFound 404, Conflict 409, LimitExceeded 422 (naming the limit); values the
   database refuses although they passed validation (a NUL character in a text field on
   PostgreSQL): 422;
-- database unreachable or locked: 503 with ``Retry-After``;
+- database unreachable or locked: 503 with ``Retry-After``, "database unavailable";
+- collector at capacity (no ingest slot within the wait, see :mod:`monitor.api.admission`, or
+  no free database connection within the pool's timeout): 503 with ``Retry-After``, "collector
+  overloaded". The database is up, just busy; the client should back off, not page anyone;
 - anything else is a bug: logged with its traceback, answered 500 with a generic message.
 """
 
@@ -21,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
+from monitor.api.admission import Overloaded
 from monitor.metrics import AppMetrics
 from monitor.store import Conflict, LimitExceeded, NotFound
 
@@ -180,13 +184,22 @@ def install_error_handlers(app: FastAPI, metrics: AppMetrics, retry_after_s: int
         reason = str(getattr(e, "orig", e)).splitlines()[0][:300]
         return JSONResponse({"detail": f"value cannot be stored: {reason}"}, status_code=422)
 
-    for exc_type in (
-        sa_exc.OperationalError,
-        sa_exc.InterfaceError,
-        sa_exc.TimeoutError,
-        sa_exc.DisconnectionError,
-    ):
+    for exc_type in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError):
         app.add_exception_handler(exc_type, _db_down)
+
+    def _busy(detail: str) -> JSONResponse:
+        metrics.reject("overloaded")
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry_after_s)})
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_request: Request, e: Overloaded) -> JSONResponse:
+        return _busy(str(e))  # not logged: under overload that is one line per refused batch
+
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _pool_timeout(request: Request, e: sa_exc.TimeoutError) -> JSONResponse:
+        # QueuePool's checkout timeout: every connection is in use by other requests.
+        log.warning("no free database connection on %s %s: %s", request.method, request.url.path, e)
+        return _busy("collector overloaded: every database connection is busy; retry later")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception) -> JSONResponse:

@@ -18,4 +18,5 @@ class LimitExceeded(StoreError):
 
 
 class Conflict(StoreError):
-    """The request clashes with stored state (e.g. a run id already used by another project)."""
+    """The request clashes with stored state (answered 409). Run ids are per project, so
+    registering an id that another project uses is not one: nothing may reveal that it exists."""

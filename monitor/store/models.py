@@ -52,6 +52,8 @@ projects = Table(
     Column("id", Integer, primary_key=True),
     Column("name", String(200), nullable=False, unique=True),
     Column("created_at", TS, nullable=False),
+    # The project's detector overrides (monitor.detect.layers), NULL when it sets none.
+    Column("detector", JSON, nullable=True),
 )
 
 tokens = Table(
@@ -66,20 +68,35 @@ tokens = Table(
     Column("revoked_at", TS, nullable=True),
 )
 
+# A run has two ids. ``external_id`` is the one the API speaks (client-chosen, or generated):
+# unique per project only, so two projects can each have a run ``exp-1`` and neither can learn
+# that the other's exists. ``id`` is the internal key that every child table references: a
+# generated uuid hex (runs registered before migration 0005 kept their external id as theirs).
+# Routes never see it; the store resolves (project, external id) -> id once per request, in
+# the lookup it already made to check that the run belongs to the token's project.
 runs = Table(
     "runs",
     metadata,
     Column("id", String(64), primary_key=True),
     Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("external_id", String(64), nullable=False),
     Column("name", String(200), nullable=False),
     Column("status", String(16), nullable=False),
     Column("variant", String(200), nullable=True),  # config["variant"], indexed for filtering
     Column("config", JSON, nullable=False),
     Column("summary", JSON, nullable=False),
     Column("last_step", BigInteger, nullable=True),
+    # The collector-wide and project detector overrides as they stood when the run was
+    # registered ({"collector": {...}, "project": {...}}): the run is judged by them and its own
+    # config["detector"] to the end, whatever changes later. NULL for runs registered before
+    # migration 0008, which are judged by their own overrides only, as they were.
+    Column("detector_layers", JSON, nullable=True),
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
     Index("ix_runs_project_created", "project_id", "created_at"),
+    # A unique index, not a constraint: SQLite adds an index in place, where a constraint would
+    # rebuild the table (and dropping ``runs`` with foreign keys on cascades to every child).
+    Index("uq_runs_project_id_external_id", "project_id", "external_id", unique=True),
 )
 
 series = Table(
@@ -94,10 +111,14 @@ series = Table(
     UniqueConstraint("run_id", "key", name="uq_series_run_id_key"),
 )
 
+# points, rollups and latest reference series.id without a foreign key (migration 0006): the
+# check cost PostgreSQL a trigger call per stored value, and only the store's batch write,
+# holding the run's lock, inserts them. A trigger on series deletes a deleted series' rows from
+# all three, as ON DELETE CASCADE did.
 points = Table(
     "points",
     metadata,
-    Column("series_id", BigId, ForeignKey("series.id", ondelete="CASCADE"), nullable=False),
+    Column("series_id", BigId, nullable=False),
     Column("rank", Integer, nullable=False),
     Column("step", BigInteger, nullable=False),
     Column("value", Float(precision=53), nullable=True),  # NULL = NaN (SQLite); see module doc
@@ -115,7 +136,7 @@ ROLLUP_STEPS = 16
 rollups = Table(
     "rollups",
     metadata,
-    Column("series_id", BigId, ForeignKey("series.id", ondelete="CASCADE"), nullable=False),
+    Column("series_id", BigId, nullable=False),
     Column("rank", Integer, nullable=False),
     Column("chunk", BigInteger, nullable=False),
     Column("n", Integer, nullable=False),
@@ -132,7 +153,7 @@ rollups = Table(
 latest = Table(
     "latest",
     metadata,
-    Column("series_id", BigId, ForeignKey("series.id", ondelete="CASCADE"), primary_key=True),
+    Column("series_id", BigId, primary_key=True),
     Column("rank", Integer, nullable=False),
     Column("step", BigInteger, nullable=False),
     Column("value", Float(precision=53), nullable=True),

@@ -95,11 +95,11 @@ class SeriesMixin:
             raise ValueError("max_points must be >= 1")
         max_points = min(max_points, MAX_MAX_POINTS)
         with self._read() as conn:
-            self._check_run(conn, project_id, run_id)
+            run = self._check_run(conn, project_id, run_id)
             ids = dict(
                 conn.execute(
                     select(m.series.c.id, m.series.c.key).where(
-                        m.series.c.run_id == run_id, m.series.c.key.in_(list(keys))
+                        m.series.c.run_id == run.pk, m.series.c.key.in_(list(keys))
                     )
                 )
                 .tuples()

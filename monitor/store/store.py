@@ -2,7 +2,7 @@
 
 Routes and services call its methods and never hold SQL. The backend is chosen by URL
 (``sqlite:///...`` or ``postgresql+psycopg://...``); the methods are grouped by concept in
-mixins (runs, tokens, points, series, alerts). Every method runs in its own transaction;
+mixins (runs, projects, tokens, points, series, alerts). Every method runs in its own transaction;
 writes on SQLite take the write lock up front (see :mod:`monitor.store.engine`).
 """
 
@@ -20,6 +20,7 @@ from monitor.store.alerts import AlertsMixin
 from monitor.store.codec import from_db, utcnow
 from monitor.store.engine import WRITE_OPTION, make_engine
 from monitor.store.points import PointsMixin
+from monitor.store.projects import ProjectsMixin
 from monitor.store.runs import RunsMixin
 from monitor.store.series import SeriesMixin
 from monitor.store.tokens import TokensMixin
@@ -29,7 +30,8 @@ from monitor.store.tokens import TokensMixin
 class MetricRow:
     """One latest value of an active run, for the Prometheus collector."""
 
-    run_id: str
+    project: str
+    run_id: str  # the external id: unique within its project only
     layer: int | None
     site: str | None
     stat: str
@@ -39,15 +41,15 @@ class MetricRow:
 @dataclass(frozen=True)
 class MetricsSnapshot:
     latest: list[MetricRow]
-    last_step: dict[str, int]
-    open_alerts: list[tuple[str, str, str]]  # (run_id, rule, severity)
+    last_step: dict[tuple[str, str], int]  # (project, run_id) -> step
+    open_alerts: list[tuple[str, str, str, str]]  # (project, run_id, rule, severity)
 
 
 DEFAULT_MAX_SERIES_PER_RUN = 10_000
 READY_PROBE_LOCK_MS = 2000
 
 
-class Store(RunsMixin, TokensMixin, PointsMixin, SeriesMixin, AlertsMixin):
+class Store(RunsMixin, ProjectsMixin, TokensMixin, PointsMixin, SeriesMixin, AlertsMixin):
     def __init__(
         self,
         url: str,
@@ -109,28 +111,35 @@ class Store(RunsMixin, TokensMixin, PointsMixin, SeriesMixin, AlertsMixin):
     # -- Prometheus --------------------------------------------------------------------------
     def metrics_snapshot(self, active_window_s: float, now: datetime | None = None) -> MetricsSnapshot:
         """Latest values, last steps and open alerts of the active runs: status 'running'
-        and data (or an update) within ``active_window_s``."""
+        and data (or an update) within ``active_window_s``. Runs are named by (project, external
+        id): the same id in two projects is two runs."""
         since = (now or utcnow()) - timedelta(seconds=active_window_s)
         active = and_(m.runs.c.status == "running", m.runs.c.updated_at >= since)
+        run = (m.projects.c.name.label("project"), m.runs.c.external_id)
+        in_project = m.projects.c.id == m.runs.c.project_id
         with self._read() as conn:
             latest = conn.execute(
-                select(
-                    m.series.c.run_id, m.series.c.layer, m.series.c.site, m.series.c.stat, m.latest.c.value
-                )
+                select(*run, m.series.c.layer, m.series.c.site, m.series.c.stat, m.latest.c.value)
                 .join(m.latest, m.latest.c.series_id == m.series.c.id)
                 .join(m.runs, m.runs.c.id == m.series.c.run_id)
+                .join(m.projects, in_project)
                 .where(active)
             ).all()
             steps = conn.execute(
-                select(m.runs.c.id, m.runs.c.last_step).where(active, m.runs.c.last_step.is_not(None))
+                select(*run, m.runs.c.last_step)
+                .join(m.projects, in_project)
+                .where(active, m.runs.c.last_step.is_not(None))
             ).all()
             alerts = conn.execute(
-                select(m.alerts.c.run_id, m.alerts.c.rule, m.alerts.c.severity)
+                select(*run, m.alerts.c.rule, m.alerts.c.severity)
                 .join(m.runs, m.runs.c.id == m.alerts.c.run_id)
+                .join(m.projects, in_project)
                 .where(active, m.alerts.c.status == "open")
             ).all()
         return MetricsSnapshot(
-            latest=[MetricRow(r.run_id, r.layer, r.site, r.stat, from_db(r.value)) for r in latest],
-            last_step={r.id: r.last_step for r in steps},
-            open_alerts=[(r.run_id, r.rule, r.severity) for r in alerts],
+            latest=[
+                MetricRow(r.project, r.external_id, r.layer, r.site, r.stat, from_db(r.value)) for r in latest
+            ],
+            last_step={(r.project, r.external_id): r.last_step for r in steps},
+            open_alerts=[(r.project, r.external_id, r.rule, r.severity) for r in alerts],
         )

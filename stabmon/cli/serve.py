@@ -15,12 +15,18 @@ def serve_cmd(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Run the collector: ingest API, series queries, alerts, /metrics."""
+    from pydantic import ValidationError
+
     from monitor.server import BindRefused, serve
-    from monitor.settings import Settings
+    from monitor.settings import Settings, settings_problems
     from monitor.store.migrate import SchemaNotReady
 
     overrides = {k: v for k, v in {"db": db, "host": host, "port": port}.items() if v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:  # e.g. STABMON_DETECTOR naming an unknown rule: refuse to start
+        typer.echo(f"error: invalid settings: {settings_problems(e)}", err=True)
+        raise typer.Exit(2) from e
     try:
         serve(settings, log_level=log_level, workers=workers)
     except (BindRefused, SchemaNotReady) as e:

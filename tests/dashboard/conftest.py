@@ -234,7 +234,7 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # Playwright's sync API keeps an event loop running meanwhile
 def browser():  # noqa: ANN201
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
         pytest.skip("headless Chromium is not installed (scripts/services.sh installs it)")

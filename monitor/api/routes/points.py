@@ -4,7 +4,8 @@ A 2xx means the batch is durably committed together with the detector's verdict.
 batch (same ``batch_id``) is safe: it is acknowledged with ``duplicate: true`` and stored once.
 Inside a batch a repeated (step, rank, key) keeps the last value; a (step, rank, key) stored
 by an earlier batch is overwritten (resumed runs re-send steps). The answer carries the run's
-open alerts, so the training job can react (stop, roll back) without polling.
+open alerts, so the training job can react (stop, roll back) without polling. A collector at
+capacity answers 503 with ``Retry-After`` (:mod:`monitor.api.admission`); nothing was stored.
 
 The body is validated straight from its bytes by :class:`stabmon.wire.PointsIn` in pydantic's
 JSON mode (one pass in Rust, about a quarter of the cost of ``json.loads`` followed by
@@ -24,6 +25,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from monitor.api.admission import ingest_slot
 from monitor.api.deps import IngestDep, MetricsDep, ProjectDep
 from monitor.api.routes.runs import RUN_ID
 from stabmon.wire import IngestResponse, PointsIn
@@ -118,6 +120,9 @@ def ingest_points(
     project: ProjectDep,
     ingest: IngestDep,
     metrics: MetricsDep,
+    # Resolved in this order: the token (401 first), an ingest slot (503 when overloaded, before
+    # any parsing), then the body.
+    _slot: Annotated[None, Depends(ingest_slot)],
     body: Annotated[PointsIn, Depends(points_body)],
 ):
     res = ingest.ingest(project.id, run_id, body)

@@ -1,10 +1,14 @@
-"""Server-only response schemas. Request bodies and the shared response shapes (RunCreate,
+"""Server-only schemas: responses, and the body of ``PUT /api/v1/project/detector``. Other
+request bodies and the shared response shapes (RunCreate,
 RunUpdate, RunPublic, PointsIn, IngestResponse, AlertPublic) come from :mod:`stabmon.wire`;
 values in these responses use the wire's non-finite encoding ("nan", "inf", "-inf")."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from stabmon.wire import RunPublic
 
@@ -67,3 +71,47 @@ class SeriesOut(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class DetectorSettingsOut(BaseModel):
+    """Detector overrides by layer and the config they resolve to."""
+
+    layers: dict[str, dict[str, Any]] = Field(
+        description="Overrides by layer, nested: 'collector' (STABMON_DETECTOR), 'project', and for a "
+        "run 'run' (its config.detector). A higher layer wins, key by key."
+    )
+    sources: dict[str, str] = Field(
+        description="For each overridden key ('rule.field'), the layer whose value holds."
+    )
+    effective: dict[str, Any] | None = Field(
+        description="Every rule's settings after all layers (null when the layers do not fit together)."
+    )
+    problem: str | None = Field(
+        default=None, description="Why the layers do not resolve, when they do not (null otherwise)."
+    )
+
+
+class ProjectDetectorOut(DetectorSettingsOut):
+    """A project's detector overrides; ``effective`` is what a run registered now without
+    overrides of its own is judged by."""
+
+    project: str
+
+
+class ProjectDetectorIn(BaseModel):
+    """The project's new detector overrides, replacing the old ones (``{}`` clears them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    overrides: dict[str, Any] = Field(
+        description="Nested or dotted keys, e.g. "
+        '{"loss_spike": {"z_warning": 8}} or {"loss_spike.z_warning": 8}.'
+    )
+
+
+class RunDetectorOut(DetectorSettingsOut):
+    """What a run is judged by: the collector-wide and project layers saved when it was
+    registered (``resolved_at``), and its own overrides."""
+
+    run_id: str
+    resolved_at: datetime

@@ -1,10 +1,11 @@
 """Detector configuration: one validated pydantic model per rule, grouped in :class:`DetectorConfig`.
 
-Every threshold, window and severity cap is a field documented where it is declared. A run
-overrides them through ``run.config["detector"]`` — nested (``{"loss_spike": {"z_warning": 8}}``)
-or dotted (``{"loss_spike.z_warning": 8}``) — and :meth:`DetectorConfig.from_overrides` rejects
-unknown rules or fields with a ValueError that lists what exists, so a typo never silently
-leaves a default in place. The defaults are scale-free ratios, robust z-scores and absolute
+Every threshold, window and severity cap is a field documented where it is declared. Overrides
+come nested (``{"loss_spike": {"z_warning": 8}}``) or dotted (``{"loss_spike.z_warning": 8}``),
+from the collector (``STABMON_DETECTOR``), the project and the run's ``config["detector"]``, in
+that order of precedence (:mod:`monitor.detect.layers`); :meth:`DetectorConfig.from_overrides`
+rejects unknown rules or fields with a ValueError that lists what exists, so a typo never
+silently leaves a default in place. The defaults are scale-free ratios, robust z-scores and absolute
 attention-logit bounds from the literature, checked against real runs of the trainer (stable and
 unstable variants and learning rates; the field notes say what each run showed), never numbers
 fitted to a particular run.
@@ -146,7 +147,7 @@ class SpikeConfig(RuleConfig):
 
     @model_validator(mode="after")
     def _ordered(self) -> SpikeConfig:
-        _check_pair(self.z_warning, self.z_critical, f"{self.keys}.z")
+        _check_pair(self.z_warning, self.z_critical, "z")
         if self.min_points > self.window:
             raise ValueError(f"min_points ({self.min_points}) exceeds window ({self.window})")
         return self
@@ -198,43 +199,59 @@ class DetectorConfig(BaseModel):
     def from_overrides(cls, overrides: Mapping[str, Any] | None = None) -> DetectorConfig:
         """Defaults updated by ``overrides`` (nested or dotted keys). Unknown rules or fields,
         or invalid values, raise ValueError naming the offending key."""
-        if overrides is None:
-            return cls()
-        if not isinstance(overrides, Mapping):
-            raise ValueError(f"detector overrides must be a mapping, got {type(overrides).__name__}")
-        nested: dict[str, Any] = {}
-        for key, value in overrides.items():
-            if not isinstance(key, str):
-                raise ValueError(f"detector override keys must be strings, got {key!r}")
-            head, _, field = key.partition(".")
-            if head not in cls.model_fields:
-                raise ValueError(
-                    f"unknown detector override {key!r}: known keys are {', '.join(cls.model_fields)}"
-                )
-            if field:
-                nested.setdefault(head, {})
-                if not isinstance(nested[head], dict):
-                    raise ValueError(f"detector override {key!r} conflicts with {head!r}")
-                nested[head][field] = value
-            elif isinstance(value, Mapping):
-                nested.setdefault(head, {})
-                if not isinstance(nested[head], dict):
-                    raise ValueError(f"detector override {head!r} given twice")
-                nested[head].update(value)
-            else:
-                nested[head] = value
-        for head, value in nested.items():
-            if head in RULE_FIELDS:
-                if not isinstance(value, dict):
-                    raise ValueError(f"detector override {head!r} must be a mapping of its fields")
-                known = type(getattr(cls(), head)).model_fields
-                for field in value:
-                    if field not in known:
-                        raise ValueError(
-                            f"unknown field {field!r} for detector rule {head!r}: "
-                            f"known fields are {', '.join(known)}"
-                        )
+        nested = nest_overrides(overrides)
         try:
             return cls.model_validate(nested)
         except ValidationError as e:
-            raise ValueError(f"invalid detector override: {e}") from None
+            # "rule.field: message" per problem, without pydantic's echo of the input and its
+            # documentation links: this text goes to API answers and the CLI.
+            raise ValueError(f"invalid detector override: {'; '.join(map(_problem, e.errors()))}") from None
+
+
+def _problem(err: Any) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    # The rules' own checks already name the rule ("logit_max: critical threshold ...").
+    return msg if not loc or msg.startswith((f"{loc}:", f"{loc}.")) else f"{loc}: {msg}"
+
+
+def nest_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``overrides`` (nested or dotted keys) in nested form: ``{"loss_spike": {"z_warning": 8}}``.
+    Checks the keys only (unknown rules or fields raise ValueError listing what exists); the
+    values are checked by :meth:`DetectorConfig.from_overrides`."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"detector overrides must be a mapping, got {type(overrides).__name__}")
+    fields = DetectorConfig.model_fields
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise ValueError(f"detector override keys must be strings, got {key!r}")
+        head, _, field = key.partition(".")
+        if head not in fields:
+            raise ValueError(f"unknown detector override {key!r}: known keys are {', '.join(fields)}")
+        if field:
+            nested.setdefault(head, {})
+            if not isinstance(nested[head], dict):
+                raise ValueError(f"detector override {key!r} conflicts with {head!r}")
+            nested[head][field] = value
+        elif isinstance(value, Mapping):
+            nested.setdefault(head, {})
+            if not isinstance(nested[head], dict):
+                raise ValueError(f"detector override {head!r} given twice")
+            nested[head].update(value)
+        else:
+            nested[head] = value
+    for head, value in nested.items():
+        if head in RULE_FIELDS:
+            if not isinstance(value, dict):
+                raise ValueError(f"detector override {head!r} must be a mapping of its fields")
+            known = fields[head].annotation.model_fields
+            for field in value:
+                if field not in known:
+                    raise ValueError(
+                        f"unknown field {field!r} for detector rule {head!r}: "
+                        f"known fields are {', '.join(known)}"
+                    )
+    return nested

@@ -22,6 +22,9 @@ app.command("demo")(demo.demo_cmd)
 from stabmon.cli import db  # noqa: E402
 
 app.add_typer(db.app, name="db")
+from stabmon.cli import project  # noqa: E402
+
+app.add_typer(project.app, name="project")
 from stabmon.cli import serve  # noqa: E402
 
 app.command("serve")(serve.serve_cmd)

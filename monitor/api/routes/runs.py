@@ -1,4 +1,5 @@
-"""``/api/v1/runs``: register (idempotent by client-chosen id), list, read, update runs."""
+"""``/api/v1/runs``: register (idempotent by client-chosen id), list, read, update runs, and
+show the detector settings a run is judged by."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
-from monitor.api.deps import IngestDep, ProjectDep, StoreDep
-from monitor.api.schemas import RunList
+from monitor.api.deps import DetectorSettingsDep, IngestDep, ProjectDep, StoreDep
+from monitor.api.schemas import RunDetectorOut, RunList
+from monitor.detect.layers import LayerError
+from monitor.store import NotFound
 from stabmon.wire import RunCreate, RunPublic, RunStatus, RunUpdate
 
 RUN_ID = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The run's id.")]
@@ -21,19 +24,46 @@ router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
     status_code=status.HTTP_201_CREATED,
     responses={200: {"model": RunPublic, "description": "A run with this id already exists in the project."}},
 )
-def create_run(body: RunCreate, project: ProjectDep, store: StoreDep, ingest: IngestDep, response: Response):
+def create_run(
+    body: RunCreate,
+    project: ProjectDep,
+    store: StoreDep,
+    ingest: IngestDep,
+    detector: DetectorSettingsDep,
+    response: Response,
+):
     """Register a run in the token's project. With a client-chosen ``id`` the call is
     idempotent: the same id again returns the stored run with 200 (its name/config are not
-    changed). A ``detector`` section in ``config`` is validated here (422 on unknown rules)."""
+    changed). Ids are per project: one that another project uses is simply a new run here.
+
+    A new run's detector settings are resolved here: its ``config.detector`` on top of the
+    project's and the collector-wide overrides, which are saved with the run (422 naming the
+    rule or field when its own are invalid, 409 when the project's no longer fit the
+    collector-wide ones). See ``GET /api/v1/runs/{run_id}/detector``."""
     if body.project is not None and body.project != project.name:
         raise HTTPException(
             status_code=403, detail=f"the token belongs to project {project.name!r}, not {body.project!r}"
         )
+    if body.id is not None:
+        # A retried or resumed registration: the run keeps the settings it was registered
+        # with, even if the project's changed since in a way its own overrides clash with.
+        try:
+            existing = store.get_run(project.id, body.id)
+        except NotFound:
+            pass
+        else:
+            response.status_code = status.HTTP_200_OK
+            return existing
     try:
-        ingest.check_config(body.config)
+        layers = detector.layers_for_new_run(project.id, body.config)
+        ingest.check_config(body.config, layers)  # a custom detector factory's own checks
+    except LayerError as e:
+        if e.layer == "run":  # the message names config.detector
+            raise HTTPException(status_code=422, detail=str(e)) from e
+        raise HTTPException(status_code=409, detail=f"{e}; fix them with PUT /api/v1/project/detector") from e
     except ValueError as e:
         raise HTTPException(status_code=422, detail=f"config.detector: {e}") from e
-    run, created = store.create_run(project.id, body)
+    run, created = store.create_run(project.id, body, layers)
     if not created:
         response.status_code = status.HTTP_200_OK
     return run
@@ -56,6 +86,24 @@ def list_runs(
 @router.get("/{run_id}", response_model=RunPublic)
 def get_run(run_id: RUN_ID, project: ProjectDep, store: StoreDep):
     return store.get_run(project.id, run_id)
+
+
+@router.get("/{run_id}/detector", response_model=RunDetectorOut)
+def get_run_detector(run_id: RUN_ID, project: ProjectDep, store: StoreDep, detector: DetectorSettingsDep):
+    """What the run is judged by: the collector-wide and project overrides saved when it was
+    registered, its own ``config.detector``, which layer each overridden key comes from, and
+    every rule's effective settings. ``effective`` is null, and ``problem`` says why, for a run
+    that is not judged (its own overrides are invalid: registered before they were checked)."""
+    run = store.get_run(project.id, run_id)
+    settings = detector.run(project.id, run)
+    return RunDetectorOut(
+        run_id=run.id,
+        resolved_at=run.created_at,
+        layers=settings.layers,
+        sources=settings.sources,
+        effective=settings.config.model_dump(mode="json") if settings.config is not None else None,
+        problem=settings.problem,
+    )
 
 
 @router.patch("/{run_id}", response_model=RunPublic)

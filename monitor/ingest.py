@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
+from monitor.detect.layers import effective_run_config
 from monitor.store import Store
 from monitor.store.alerts import (
     apply_findings,
@@ -34,6 +35,7 @@ from monitor.store.alerts import (
     stored_steps,
 )
 from monitor.store.codec import wire_to_float
+from monitor.store.runs import RunRef
 from stabmon.wire import AlertPublic, IngestResponse, PointsIn, RunPublic
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,9 @@ class DetectorFactory(Protocol):
 
 
 class DefaultDetectorFactory:
-    """``monitor.detect``: configured per run by ``run.config["detector"]`` overrides."""
+    """``monitor.detect``, configured by ``run_config["detector"]``: the ingest service passes
+    the run's config with every layer of overrides merged there (collector-wide, project, the
+    run's own; see :mod:`monitor.detector_settings`)."""
 
     def build(self, run_config: Mapping[str, Any]) -> DetectorLike:
         from monitor.detect import Detector, DetectorConfig
@@ -95,51 +99,59 @@ class IngestService:
         self.store = store
         self.detectors = detectors if detectors is not None else DefaultDetectorFactory()
         self.notifier = notifier
-        # A run's config never changes after creation, so its detector can be cached.
-        self._cache: dict[str, tuple[int, RunPublic, DetectorLike | None]] = {}
-        # run id -> (stamp of the run_state row this process wrote, the state it holds)
+        # A run's config and saved detector layers never change after creation, so its detector
+        # can be cached. Keyed by (project id, run id): run ids are only unique within a project.
+        self._cache: dict[tuple[int, str], tuple[RunPublic, DetectorLike | None]] = {}
+        # run's internal key -> (stamp of the run_state row this process wrote, the state it holds)
         self._live: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def check_config(self, run_config: Mapping[str, Any]) -> None:
-        """Raises ValueError when ``run_config["detector"]`` has unknown rules/fields."""
-        self.detectors.build(run_config)
+    def check_config(self, run_config: Mapping[str, Any], layers: Mapping[str, Any] | None = None) -> None:
+        """Raises ValueError when the detector cannot be built from ``run_config["detector"]``
+        on top of ``layers`` (the collector-wide and project overrides saved with the run)."""
+        self.detectors.build(effective_run_config(run_config, layers))
 
     def _detector(self, project_id: int, run_id: str) -> tuple[RunPublic, DetectorLike | None]:
         with self._lock:
-            hit = self._cache.get(run_id)
-        if hit is not None and hit[0] == project_id:
-            return hit[1], hit[2]
+            hit = self._cache.get((project_id, run_id))
+        if hit is not None:
+            return hit
         run = self.store.get_run(project_id, run_id)  # NotFound for unknown / other project's runs
+        layers = self.store.run_detector_layers(project_id, run_id)
         try:
-            det = self.detectors.build(run.config)
+            det = self.detectors.build(effective_run_config(run.config, layers))
         except Exception:  # a run registered before its config became invalid: store, don't detect
-            log.exception("run %s: cannot build its detector; ingesting without detection", run_id)
+            log.exception(
+                "run %s (project %s): cannot build its detector; ingesting without detection",
+                run_id,
+                project_id,
+            )
             det = None
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[run_id] = (project_id, run, det)
+            self._cache[(project_id, run_id)] = (run, det)
         return run, det
 
     def ingest(self, project_id: int, run_id: str, body: PointsIn) -> IngestResponse:
         run, det = self._detector(project_id, run_id)
         steps = _rank_steps(body, DETECTOR_RANK)
-        live: list[tuple[Any, Any]] = []  # the state this batch left, kept once committed
+        live: list[tuple[str, Any, Any]] = []  # (run key, stamp, state) this batch left, kept once committed
 
-        def after(conn: Connection) -> tuple[list[AlertPublic], list[AlertPublic]]:
+        def after(conn: Connection, ref: RunRef) -> tuple[list[AlertPublic], list[AlertPublic]]:
             changed: list[AlertPublic] = []
             if det is not None and steps:
-                fired = self._detect(conn, run_id, det, steps, live)
+                fired = self._detect(conn, ref, det, steps, live)
                 if fired is not None:
-                    changed = apply_findings(conn, run_id, fired)
-            return open_alerts(conn, run_id), changed
+                    changed = apply_findings(conn, ref, fired)
+            return open_alerts(conn, ref), changed
 
         res = self.store.write_points(project_id, run_id, body.batch_id, body.points, after=after)
         if live:  # committed: the in-memory state is now the stored one
+            key, stamp, state = live[-1]
             with self._lock:
-                self._live[run_id] = live[-1]
-                self._live.move_to_end(run_id)
+                self._live[key] = (stamp, state)
+                self._live.move_to_end(key)
                 while len(self._live) > LIVE_STATES_MAX:
                     self._live.popitem(last=False)
         if res.duplicate:
@@ -154,28 +166,34 @@ class IngestService:
             try:
                 self.notifier.notify(run, changed)
             except Exception:  # a notifier must not fail an acknowledged batch
-                log.exception("run %s: alert notifier failed", run_id)
+                log.exception("run %s (project %s): alert notifier failed", run_id, project_id)
+        # Alerts this batch resolved are in ``changed`` only: send them too, or a job acting on
+        # warnings would never hear of an episode that opened and closed within one batch.
+        listed = {a.id for a in alerts}
+        closed = {a.id: a for a in changed if a.id not in listed}  # the last change of each wins
+        alerts = alerts + [a for a in closed.values() if a.status != "open"]
         return IngestResponse(batch_id=body.batch_id, accepted=res.accepted, duplicate=False, alerts=alerts)
 
     def _detect(
         self,
         conn: Connection,
-        run_id: str,
+        ref: RunRef,
         det: DetectorLike,
         steps: list[tuple[int, dict[str, float]]],
-        live: list[tuple[Any, Any]],
+        live: list[tuple[str, Any, Any]],
     ) -> list[tuple[int, Sequence[Any]]] | None:
-        """Feed ``steps`` to the run's detector; save its state (and append (stamp, state) to
-        ``live``). None if the detector failed."""
+        """Feed ``steps`` to the run's detector; save its state (and append (run key, stamp,
+        state) to ``live``). None if the detector failed."""
+        key, run_id = ref.pk, ref.external_id  # rows by the internal key, logs by the run's id
         # Taken out of the map while in use: if this transaction fails, the half-advanced state
         # is dropped and the next batch reloads the stored one.
         with self._lock:
-            held = self._live.pop(run_id, None)
-        stamp = state_stamp(conn, run_id)
+            held = self._live.pop(key, None)
+        stamp = state_stamp(conn, key)
         if held is not None and stamp is not None and held[0] == stamp:
             saved, state = None, held[1]
         else:
-            saved, state = load_state(conn, run_id)[0], None
+            saved, state = load_state(conn, key)[0], None
         try:
             if saved is not None:
                 try:
@@ -184,7 +202,7 @@ class IngestService:
                     log.warning("run %s: unreadable detector state; rebuilding from stored series", run_id)
             if state is None:
                 state = det.new_state()
-                for step, values in stored_steps(conn, run_id, DETECTOR_RANK, before=steps[0][0]):
+                for step, values in stored_steps(conn, key, DETECTOR_RANK, before=steps[0][0]):
                     det.observe(state, step, values)
             fired = [(step, list(det.observe(state, step, values))) for step, values in steps]
             to_json = getattr(self.detectors, "snapshot_json", None)
@@ -192,7 +210,7 @@ class IngestService:
         except Exception:
             log.exception("run %s: detector failed; points stored, detection skipped for this batch", run_id)
             return None
-        live.append((save_state(conn, run_id, snapshot, steps[-1][0]), state))
+        live.append((key, save_state(conn, key, snapshot, steps[-1][0]), state))
         return fired
 
 

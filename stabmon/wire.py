@@ -119,7 +119,8 @@ class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    """Optional client-chosen id. Registering the same id again (a retry whose answer was
+    """Optional client-chosen id, unique within the token's project (another project may use
+    the same id for its own run). Registering the same id again (a retry whose answer was
     lost) returns the existing run instead of creating a second one."""
     name: str = Field(min_length=1, max_length=MAX_NAME_LEN)
     project: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LEN)
@@ -208,7 +209,8 @@ class AlertPublic(BaseModel):
 
 
 class IngestResponse(BaseModel):
-    """The answer to a points batch; carries the run's open alerts back to the job."""
+    """The answer to a points batch; carries the run's open alerts back to the job, then the alerts
+    this batch resolved (status ``resolved``), including any that opened and resolved within it."""
 
     batch_id: str
     accepted: int

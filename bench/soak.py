@@ -84,6 +84,8 @@ class RunStats:
     """Values of the batch in flight when the generator gave up: stored or not, never acknowledged."""
     steps_produced: int = 0
     steps_acked: int = 0
+    registered: bool = False
+    """The collector acknowledged the run's registration: readers may ask for it from then on."""
     retries: int = 0
     shed: int = 0
     """503 answers with ``Retry-After`` that said the collector is overloaded (load shedding)."""
@@ -254,6 +256,7 @@ class Generator(threading.Thread):
         if self._send_until_acked("/api/v1/runs", reg.encode(), time.monotonic() + 120) is None:
             self.error = self.error or "registration never acknowledged"
             return
+        s.registered = True
         start, end = self.clock["start"], self.clock["end"]
         time.sleep(self.rng.uniform(0, cfg.flush_interval_s))  # spread the runs' flushes
         path = f"/api/v1/runs/{s.run_id}/points"
@@ -313,7 +316,10 @@ class Reader(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(self.cfg.reader_interval_s * self.rng.uniform(0.5, 1.5)):
-            g = self.rng.choice(self.gens)
+            ready = [g for g in self.gens if g.stats.registered]  # a run not yet registered is a 404
+            if not ready:
+                continue
+            g = self.rng.choice(ready)
             rid = g.stats.run_id
             self._get("runs", "/api/v1/runs", {"limit": 50})
             self._get("latest", f"/api/v1/runs/{rid}/latest")

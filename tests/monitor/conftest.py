@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
+from monitor.alerts.service import stop_alerts
 from monitor.api import create_app
 from monitor.settings import Settings
 from monitor.store import Store, migrate
@@ -114,9 +115,23 @@ class Api:
         )
 
 
+_APPS: list = []
+"""Apps made by :func:`make_api`. Their TestClient is not entered as a context manager, so the
+lifespan that stops the webhook dispatcher never runs: :func:`_stop_alert_threads` does it."""
+
+
+@pytest.fixture(autouse=True)
+def _stop_alert_threads() -> Iterator[None]:
+    # A dispatcher left running polls the database and can block the next test's TRUNCATE.
+    yield
+    while _APPS:
+        stop_alerts(_APPS.pop(), timeout=0.5)
+
+
 def make_api(store: Store, **kwargs) -> Api:
     settings = kwargs.pop("settings", None) or Settings(db=store.url)
     app = create_app(settings, store=store, **kwargs)
+    _APPS.append(app)
     token, _ = store.create_token("alpha")
     other, _ = store.create_token("beta")
     return Api(TestClient(app), store, token, other)

@@ -27,14 +27,11 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's collector, not another installed copy
 
-PG_SERVER = os.environ.get("STABMON_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
-PG_DB = "stabmon_test"
 SITE_STATS = [(s, t) for s in ("qkv", "proj", "fc1", "fc2") for t in ("l2_mean", "l2_max")] + [
     ("attn", "logit_max"),
     ("attn", "entropy_mean"),
@@ -69,28 +66,13 @@ def bodies(n: int, steps: int, keys: list[str]) -> list[bytes]:
 
 
 def open_backend(name: str, tmp: Path):  # noqa: ANN201
-    """(url, cleanup) of a fresh, migrated database."""
-    from sqlalchemy import create_engine, text
-
+    """(url, cleanup) of a fresh, migrated database: the ingest benchmark's backends."""
+    from bench.ingest import make_backend
     from monitor.store import migrate
 
-    if name == "sqlite":
-        url = f"sqlite:///{tmp / 'profile.db'}"
-        migrate.upgrade(url)
-        return url, lambda: None
-    schema = f"prof_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{PG_SERVER}/{PG_DB}")
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-
-    def drop() -> None:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        admin.dispose()
-
-    url = f"{PG_SERVER}/{PG_DB}?options=-csearch_path%3D{schema}"
-    migrate.upgrade(url)
-    return url, drop
+    backend = make_backend(name, tmp)
+    migrate.upgrade(backend.url)
+    return backend.url, backend.cleanup
 
 
 def measure(args: argparse.Namespace) -> dict:

@@ -10,13 +10,9 @@ never the ingest path: one write when a delivery is scheduled, one per retry, on
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from sqlalchemy import (
     JSON,
     Column,
-    Connection,
     ForeignKey,
     Integer,
     String,
@@ -32,7 +28,6 @@ from monitor.alerts.outbox import Key, PendingDelivery
 from monitor.store import Store
 from monitor.store import models as m
 from monitor.store.codec import aware, utcnow
-from monitor.store.engine import WRITE_OPTION
 
 alert_outbox = Table(
     "alert_outbox",
@@ -62,16 +57,9 @@ class SqlOutbox:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self.store.engine.connect() as conn:
-            conn.execution_options(**{WRITE_OPTION: True})  # SQLite: take the write lock up front
-            with conn.begin():
-                yield conn
-
     def put(self, delivery: PendingDelivery, owner: str) -> None:
         # Delete and insert in one transaction: a portable upsert, and rare (once per attempt).
-        with self._write() as conn:
+        with self.store.write_transaction() as conn:
             conn.execute(delete(alert_outbox).where(_match(delivery.key)))
             conn.execute(
                 alert_outbox.insert().values(
@@ -87,7 +75,7 @@ class SqlOutbox:
             )
 
     def remove(self, key: Key) -> None:
-        with self._write() as conn:
+        with self.store.write_transaction() as conn:
             conn.execute(delete(alert_outbox).where(_match(key)))
 
     def claim(self, owner: str) -> list[PendingDelivery]:
@@ -98,7 +86,7 @@ class SqlOutbox:
             .join(m.runs, m.runs.c.id == m.alerts.c.run_id)
             .order_by(o.due_at, o.alert_id)
         )
-        with self._write() as conn:
+        with self.store.write_transaction() as conn:
             conn.execute(update(alert_outbox).values(owner=owner))
             rows = conn.execute(q).all()
         return [

@@ -10,12 +10,8 @@ from the alert's row; attempts read back carry the run's external id, like the r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from sqlalchemy import (
     Column,
-    Connection,
     Float,
     ForeignKey,
     Index,
@@ -30,7 +26,6 @@ from monitor.alerts.log import DeliveryAttempt
 from monitor.store import NotFound, Store
 from monitor.store import models as m
 from monitor.store.codec import aware
-from monitor.store.engine import WRITE_OPTION
 
 alert_deliveries = Table(
     "alert_deliveries",
@@ -76,20 +71,13 @@ class SqlDeliveryLog:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self.store.engine.connect() as conn:
-            conn.execution_options(**{WRITE_OPTION: True})  # SQLite: take the write lock up front
-            with conn.begin():
-                yield conn
-
     def record(self, attempt: DeliveryAttempt) -> None:
         row = attempt.to_dict()
         row["url"] = row["url"][:500]
         # The attempt names the run by its external id, which is unique only within a project;
         # the alert knows the run's internal key.
         row["run_id"] = select(m.alerts.c.run_id).where(m.alerts.c.id == attempt.alert_id).scalar_subquery()
-        with self._write() as conn:
+        with self.store.write_transaction() as conn:
             conn.execute(alert_deliveries.insert().values(**row))
 
     @staticmethod

@@ -9,7 +9,7 @@ writes on SQLite take the write lock up front (see :mod:`monitor.store.engine`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -76,6 +76,11 @@ class Store(RunsMixin, ProjectsMixin, TokensMixin, PointsMixin, SeriesMixin, Ale
             conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 yield conn
+
+    def write_transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction for the stores that share this database (the alert outbox and
+        delivery log): on SQLite it takes the write lock up front, as the store's own writes do."""
+        return self._write()
 
     def ping(self) -> None:
         """Raises if the database is unreachable, or (SQLite) if its write lock cannot be

@@ -37,6 +37,12 @@ class _Display:
         self.progress.update(self.tasks[i], completed=step + 1, loss=f"{loss:8.4f}")
 
     def alert(self, i: int, alert: dict) -> None:
+        if alert.get("status", "open") != "open":  # the client also reports resolutions
+            self.console.print(
+                f"[dim]resolved[/] [bold]{self.names[i]}[/] {alert['severity']} [bold]{alert['rule']}[/] "
+                f"(opened at step {alert['step']}, last seen at step {alert.get('last_step', alert['step'])})"
+            )
+            return
         color = "red" if alert["severity"] == "critical" else "yellow"
         self.alerts[i].append(f"[{color}]{alert['rule']}@{alert['step']}[/]")
         self.progress.update(self.tasks[i], alerts=" ".join(self.alerts[i][-3:]))

@@ -136,3 +136,20 @@ def test_demo_config_rejects_bad_input():
         DemoConfig(lr=-1)
     with pytest.raises(ValueError, match="variant"):
         DemoConfig(variants=())
+
+
+def test_display_prints_a_resolution_as_such_not_as_a_new_alert():
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from stabmon.cli.demo import _Display
+
+    console = Console(record=True, width=200)
+    display = _Display(Progress(console=console), console)
+    display.names, display.alerts, display.tasks = ["baseline"], [[]], [display.progress.add_task("b")]
+    alert = {"rule": "grad_spike", "severity": "warning", "step": 75, "last_step": 75, "message": "m"}
+    display.alert(0, {**alert, "status": "open"})
+    display.alert(0, {**alert, "status": "resolved"})
+    text = console.export_text()
+    assert text.count("ALERT") == 1 and "resolved baseline warning grad_spike (opened at step 75" in text
+    assert display.alerts == [["[yellow]grad_spike@75[/]"]]

@@ -49,12 +49,26 @@ from bench.detection_metrics import (  # noqa: E402
 )
 from bench.reference_detectors import KillLossSpike, SpikeScore  # noqa: E402
 
-LRS_WARMUP = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 0.5, 0.7, 1.0)
-"""The `stabmon sweep` grid plus 0.5 and 0.7, which resolve the top of the stable range."""
-LRS_NO_WARMUP = (3e-2, 1e-1, 3e-1)
+GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
+    # 200-step runs: the `stabmon sweep` grid plus 0.5 and 0.7, which resolve the top of the
+    # stable range; no warmup at three LRs; a slow ramp over half the run at the high LRs.
+    "tiny": {
+        "warmup": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 0.5, 0.7, 1.0),
+        "nowarmup": (3e-2, 1e-1, 3e-1),
+        "ramp": (1e-1, 3e-1, 1.0),
+    },
+    # 300-step runs of the 472k-parameter model (60 runs). Every variant blows up within the first
+    # warmup steps at LR 1 and without warmup at 0.3 (nothing precedes those), so the grid spends
+    # its runs where the LR crosses each variant's stability edge after the first steps: the slow
+    # ramp to LR 1 passes 0.1 at step 15, 0.3 at step 45 and 0.5-0.7 at steps 75-105.
+    "small": {
+        "warmup": (1e-2, 1e-1, 3e-1, 0.5),
+        "nowarmup": (1e-1,),
+        "ramp": (1.0,),
+    },
+}
+"""Learning rates per corpus preset and grid: warmup over 10% of the run, none, or half the run."""
 LATE_STEP = 20
-LRS_RAMP = (1e-1, 3e-1, 1.0)
-"""A warmup over half the run: the LR crosses the stability edge mid-run, not in the first steps."""
 SEEDS = (0, 1)
 
 # Key thresholds searched per rule (the others keep their defaults). Warning thresholds follow
@@ -70,7 +84,12 @@ GRID: dict[str, list[dict[str, Any]]] = {
         for b in (30, 100)
         for g in (30.0, 100.0, 300.0)
     ],
-    "loss_spike": [{"z_critical": z, "sustain_critical": s} for z in (8.0, 12.0, 20.0) for s in (2, 3)],
+    "loss_spike": [
+        {"z_critical": z, "sustain_critical": s, "rel_critical": rel, "rel_warning": min(0.1, rel)}
+        for z in (8.0, 12.0, 20.0)
+        for s in (2, 3)
+        for rel in (0.2, 0.5)
+    ],
     "grad_spike": [{"z_critical": z} for z in (25.0, 50.0)],
 }
 
@@ -81,11 +100,12 @@ def corpus_configs(root: str | Path, preset: str, steps: int, jobs: int = 2):
     from trainer_hooks.sweep import SweepConfig
 
     base = Path(root) / preset
+    grid = GRIDS.get(preset, GRIDS["small"])
+    warmups = {"warmup": steps // 10, "nowarmup": 0, "ramp": steps // 2}
     common = dict(preset=preset, steps=steps, seeds=SEEDS, jobs=jobs, plots=False)
     return [
-        SweepConfig(lrs=LRS_WARMUP, warmups=(steps // 10,), out=str(base / "warmup"), **common),
-        SweepConfig(lrs=LRS_NO_WARMUP, warmups=(0,), out=str(base / "nowarmup"), **common),
-        SweepConfig(lrs=LRS_RAMP, warmups=(steps // 2,), out=str(base / "ramp"), **common),
+        SweepConfig(lrs=grid[name], warmups=(warmup,), out=str(base / name), **common)
+        for name, warmup in warmups.items()
     ]
 
 

@@ -115,23 +115,30 @@ class Api:
         )
 
 
-_APPS: list = []
-"""Apps made by :func:`make_api`. Their TestClient is not entered as a context manager, so the
-lifespan that stops the webhook dispatcher never runs: :func:`_stop_alert_threads` does it."""
-
-
 @pytest.fixture(autouse=True)
-def _stop_alert_threads() -> Iterator[None]:
-    # A dispatcher left running polls the database and can block the next test's TRUNCATE.
+def _stop_alert_threads(monkeypatch) -> Iterator[None]:
+    """Stop the webhook dispatcher of every app a test builds. Tests' TestClients are rarely
+    entered as context managers, so the lifespan that stops it never runs, and a dispatcher
+    left running keeps writing its outbox: the next test's TRUNCATE can then deadlock with it
+    on PostgreSQL. Every app goes through ``install_alerts``, so that is where they are seen."""
+    from monitor.api import app as app_module
+
+    apps = []
+    install = app_module.install_alerts
+
+    def recording(app, *args, **kwargs):  # noqa: ANN001, ANN202
+        apps.append(app)
+        return install(app, *args, **kwargs)
+
+    monkeypatch.setattr(app_module, "install_alerts", recording)
     yield
-    while _APPS:
-        stop_alerts(_APPS.pop(), timeout=0.5)
+    for app in apps:
+        stop_alerts(app, timeout=0.5)
 
 
 def make_api(store: Store, **kwargs) -> Api:
     settings = kwargs.pop("settings", None) or Settings(db=store.url)
     app = create_app(settings, store=store, **kwargs)
-    _APPS.append(app)
     token, _ = store.create_token("alpha")
     other, _ = store.create_token("beta")
     return Api(TestClient(app), store, token, other)

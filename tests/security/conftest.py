@@ -2,4 +2,10 @@
 and on the real PostgreSQL (skipped when no server answers), each session on its own file or
 schema."""
 
-from tests.monitor.conftest import backend_url, pg_schema_url, session_store, store  # noqa: F401
+from tests.monitor.conftest import (  # noqa: F401
+    _stop_alert_threads,
+    backend_url,
+    pg_schema_url,
+    session_store,
+    store,
+)

@@ -80,7 +80,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
         {"drop_critical": c, "drop_warning": min(10.0, c)} for c in (20.0, 50.0, 100.0, 300.0)
     ],
     "norm_growth": [
-        {"burn_in_steps": b, "growth_critical": g, "growth_warning": min(10.0, g)}
+        {"burn_in_steps": b, "growth_critical": g, "growth_warning": min(30.0, g)}
         for b in (30, 100)
         for g in (30.0, 100.0, 300.0)
     ],

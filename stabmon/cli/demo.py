@@ -119,7 +119,7 @@ def demo_cmd(
     steps: int = typer.Option(300, help="Optimizer steps per run."),
     lr: float = typer.Option(0.3, help="Peak learning rate of both runs."),
     warmup: int = typer.Option(150, help="Linear warmup steps."),
-    variants: str = typer.Option("baseline,qk_norm_cap", help="Comma-separated variants to train."),
+    variants: str = typer.Option("baseline,qkv_norm", help="Comma-separated variants to train."),
     seed: int = typer.Option(0),
     db: Path = typer.Option(Path(".stabmon/demo.db"), help="SQLite file of the demo's collector."),
     port: int = typer.Option(0, help="Collector port (0: 8321 if free, else any free one)."),

@@ -71,7 +71,7 @@ def test_demo_cli_json_on_tiny(tmp_path):
     assert report["serve_command"].startswith(f"stabmon serve --db sqlite:///{db.resolve()}")
     port = report["collector"].rsplit(":", 1)[1]
     assert port == "8321" or report["serve_command"].endswith(f" --port {port}")
-    assert [r["variant"] for r in report["runs"]] == ["baseline", "qk_norm_cap"]
+    assert [r["variant"] for r in report["runs"]] == ["baseline", "qkv_norm"]
     token = (tmp_path / "demo.db.token").read_text().strip()
     for run in report["runs"]:
         assert set(run) == RUN_KEYS

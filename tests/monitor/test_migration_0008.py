@@ -7,12 +7,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import MetaData, inspect, text
+from sqlalchemy import inspect, text
 
 from monitor.detector_settings import DetectorSettings
 from monitor.store import Store, migrate
 from monitor.store.engine import make_engine
 from stabmon.wire import Point, RunCreate
+from tests.monitor._old_schema import reflected
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -25,32 +26,25 @@ def url(request, tmp_path) -> str:
 def _populate_0007(url: str) -> None:
     """A project with one run, its series, points and an alert, written in the 0007 schema."""
     now = datetime.now(timezone.utc)
-    eng = make_engine(url, pool_size=1)
-    try:
-        old = MetaData()
-        old.reflect(eng)
-        t = old.tables
-        with eng.begin() as conn:
-            conn.execute(t["projects"].insert(), {"id": 1, "name": "alpha", "created_at": now})
-            conn.execute(t["runs"].insert(), {
-                "id": "k-old", "project_id": 1, "external_id": "old", "name": "old", "status": "running",
-                "variant": None, "config": {"detector": {"message_series": 2}}, "summary": {},
-                "last_step": 4, "created_at": now, "updated_at": now,
-            })  # fmt: skip
-            sid = conn.execute(
-                t["series"].insert().returning(t["series"].c.id),
-                {"run_id": "k-old", "key": "loss", "layer": None, "site": None, "stat": "loss"},
-            ).scalar_one()
-            conn.execute(
-                t["points"].insert(),
-                [{"series_id": sid, "rank": 0, "step": s, "value": 5.0 - s} for s in range(5)],
-            )
-            conn.execute(t["alerts"].insert(), {
-                "run_id": "k-old", "rule": "loss_spike", "severity": "warning", "status": "open", "step": 4,
-                "last_step": 4, "message": "m", "evidence": {}, "created_at": now, "updated_at": now,
-            })  # fmt: skip
-    finally:
-        eng.dispose()
+    with reflected(url) as (conn, t):
+        conn.execute(t["projects"].insert(), {"id": 1, "name": "alpha", "created_at": now})
+        conn.execute(t["runs"].insert(), {
+            "id": "k-old", "project_id": 1, "external_id": "old", "name": "old", "status": "running",
+            "variant": None, "config": {"detector": {"message_series": 2}}, "summary": {},
+            "last_step": 4, "created_at": now, "updated_at": now,
+        })  # fmt: skip
+        sid = conn.execute(
+            t["series"].insert().returning(t["series"].c.id),
+            {"run_id": "k-old", "key": "loss", "layer": None, "site": None, "stat": "loss"},
+        ).scalar_one()
+        conn.execute(
+            t["points"].insert(),
+            [{"series_id": sid, "rank": 0, "step": s, "value": 5.0 - s} for s in range(5)],
+        )
+        conn.execute(t["alerts"].insert(), {
+            "run_id": "k-old", "rule": "loss_spike", "severity": "warning", "status": "open", "step": 4,
+            "last_step": 4, "message": "m", "evidence": {}, "created_at": now, "updated_at": now,
+        })  # fmt: skip
 
 
 def _columns(url: str, table: str) -> set[str]:

@@ -11,13 +11,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, inspect, text
+from sqlalchemy import inspect, text
 
 from monitor.api import SchemaNotReady, create_app
 from monitor.settings import Settings
 from monitor.store import migrate
 from monitor.store.engine import make_engine
 from monitor.store.models import metadata
+from tests.monitor._old_schema import reflected
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,49 +104,42 @@ def test_rollups_migration_summarises_existing_points(fresh_url):
 def _populate_0004(url: str) -> None:
     """One run with a row in every child table, written in the 0004 schema (reflected)."""
     now = datetime.now(timezone.utc)
-    eng = make_engine(url, pool_size=1)
-    try:
-        old = MetaData()
-        old.reflect(eng)
-        t = old.tables
-        with eng.begin() as conn:
-            conn.execute(
-                t["projects"].insert(),
-                [{"id": 1, "name": "alpha", "created_at": now}, {"id": 2, "name": "beta", "created_at": now}],
-            )
-            conn.execute(t["runs"].insert(), {
-                "id": "old-run", "project_id": 1, "name": "old", "status": "running", "variant": None,
-                "config": {"lr": 0.1}, "summary": {}, "last_step": 2, "created_at": now, "updated_at": now,
-            })  # fmt: skip
-            sid = conn.execute(
-                t["series"].insert().returning(t["series"].c.id),
-                {"run_id": "old-run", "key": "loss", "layer": None, "site": None, "stat": "loss"},
-            ).scalar_one()
-            conn.execute(
-                t["points"].insert(),
-                [{"series_id": sid, "rank": 0, "step": s, "value": 3.0 - s} for s in range(3)],
-            )
-            conn.execute(t["latest"].insert(), {"series_id": sid, "rank": 0, "step": 2, "value": 1.0})
-            conn.execute(
-                t["ingest_batches"].insert(),
-                {"run_id": "old-run", "batch_id": "b0", "n_points": 3, "received_at": now},
-            )
-            aid = conn.execute(t["alerts"].insert().returning(t["alerts"].c.id), {
-                "run_id": "old-run", "rule": "non_finite", "severity": "critical", "status": "open",
-                "step": 2, "last_step": 2, "message": "m", "evidence": {}, "created_at": now,
-                "updated_at": now,
-            }).scalar_one()  # fmt: skip
-            conn.execute(
-                t["run_state"].insert(),
-                {"run_id": "old-run", "detector_state": "{}", "last_step": 2, "updated_at": now},
-            )
-            conn.execute(t["alert_deliveries"].insert(), {
-                "alert_id": aid, "run_id": "old-run", "event": "opened", "target_id": "t", "url": "http://x",
-                "format": "json", "attempt": 1, "outcome": "delivered", "status_code": 200, "error": None,
-                "duration_ms": 1.0, "created_at": now,
-            })  # fmt: skip
-    finally:
-        eng.dispose()
+    with reflected(url) as (conn, t):
+        conn.execute(
+            t["projects"].insert(),
+            [{"id": 1, "name": "alpha", "created_at": now}, {"id": 2, "name": "beta", "created_at": now}],
+        )
+        conn.execute(t["runs"].insert(), {
+            "id": "old-run", "project_id": 1, "name": "old", "status": "running", "variant": None,
+            "config": {"lr": 0.1}, "summary": {}, "last_step": 2, "created_at": now, "updated_at": now,
+        })  # fmt: skip
+        sid = conn.execute(
+            t["series"].insert().returning(t["series"].c.id),
+            {"run_id": "old-run", "key": "loss", "layer": None, "site": None, "stat": "loss"},
+        ).scalar_one()
+        conn.execute(
+            t["points"].insert(),
+            [{"series_id": sid, "rank": 0, "step": s, "value": 3.0 - s} for s in range(3)],
+        )
+        conn.execute(t["latest"].insert(), {"series_id": sid, "rank": 0, "step": 2, "value": 1.0})
+        conn.execute(
+            t["ingest_batches"].insert(),
+            {"run_id": "old-run", "batch_id": "b0", "n_points": 3, "received_at": now},
+        )
+        aid = conn.execute(t["alerts"].insert().returning(t["alerts"].c.id), {
+            "run_id": "old-run", "rule": "non_finite", "severity": "critical", "status": "open",
+            "step": 2, "last_step": 2, "message": "m", "evidence": {}, "created_at": now,
+            "updated_at": now,
+        }).scalar_one()  # fmt: skip
+        conn.execute(
+            t["run_state"].insert(),
+            {"run_id": "old-run", "detector_state": "{}", "last_step": 2, "updated_at": now},
+        )
+        conn.execute(t["alert_deliveries"].insert(), {
+            "alert_id": aid, "run_id": "old-run", "event": "opened", "target_id": "t", "url": "http://x",
+            "format": "json", "attempt": 1, "outcome": "delivered", "status_code": 200, "error": None,
+            "duration_ms": 1.0, "created_at": now,
+        })  # fmt: skip
 
 
 def _run_ids_by_child(url: str) -> dict[str, set[str]]:

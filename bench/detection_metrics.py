@@ -94,6 +94,18 @@ def load_runs(dirs: Iterable[str | Path]) -> list[Run]:
     return sorted((load_run(p) for p in paths), key=lambda r: r.name)
 
 
+def ended_on_plateau(run: Run, tail: int = 20) -> bool:
+    """Outcome view (not the ground truth): the median of the run's last ``tail`` losses is no
+    better than the unigram plateau's lower edge, i.e. the run ended no better than a predictor
+    that ignores context. Non-finite losses count as failed."""
+    if run.plateau_loss is None:
+        return False
+    last = run.losses[-tail:]
+    if any(not math.isfinite(v) for v in last):
+        return True
+    return statistics.median(last) >= run.plateau_loss - DivergenceConfig().plateau_margin
+
+
 @dataclass(frozen=True)
 class FirstAlerts:
     critical: Steps

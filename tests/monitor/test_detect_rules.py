@@ -97,6 +97,22 @@ def test_norm_growth_blow_up_then_plateau_keeps_firing_then_resolves_when_norms_
     assert "norm_growth" not in rules_at(per_step, 405)
 
 
+def test_norm_growth_recovery_from_a_dip_is_not_growth_but_a_new_high_after_it_is():
+    # A last-layer FC2 norm at ~1e3 collapses to ~7 for a few steps and comes back (seen in
+    # healthy runs): 150x above the dip, but no higher than before it.
+    def norm(step: int, peak: float) -> float:
+        if 200 <= step < 205:
+            return 7.0
+        return peak if 205 <= step < 215 else 1e3
+
+    recovery = run(Detector(), [(s, {"layer.3.fc2.l2_max": norm(s, 1e3)}) for s in range(260)])
+    assert not any(recovery)
+    # The same dip followed by a climb to 1e5 (100x above the level before the dip) fires.
+    new_high = run(Detector(), [(s, {"layer.3.fc2.l2_max": norm(s, 1e5)}) for s in range(215)])
+    assert rules_at(new_high, 206)["norm_growth"] == "critical"
+    assert "grew 100x in" in new_high[206][0].message
+
+
 def test_norm_growth_ignores_the_initialisation_transient():
     # Output projections start small: a 1e4x rise in the first 40 steps is not a divergence.
     steps = [

@@ -7,7 +7,8 @@ last ``sustain`` observations, so a single outlier batch cannot fire — against
 
 - the smallest value within the last ``window_steps`` steps (a rate: "grew 40x in 25 steps";
   kept as per-bucket minima, so the window is bounded whatever the monitoring cadence),
-  which ignores the slow, legitimate growth of norms over a long run;
+  which ignores the slow, legitimate growth of norms over a long run. A norm that dipped and
+  came back is measured against the highest level before the dip, not the dip (`_past_dip`);
 - the run's own early baseline, the median of ``baseline_points`` observations after the
   ``burn_in_steps`` (catches growth too slow for the window).
 
@@ -55,6 +56,27 @@ def _second(p: list[float]) -> float:
     return p[1]
 
 
+def _past_dip(
+    win: list[list[float]], wm: list[float], cur: float, g: float, g_step: int, g_ref: float
+) -> tuple[float, int, float]:
+    """Growth measured past a dip: against the highest per-bucket minimum *before* the window's
+    minimum, when that is higher. A norm that collapses for a few steps and comes back to where
+    it was is not growing: on the `small` detection corpus every critical false alarm of this rule
+    on a stable run was such a recovery (a last-layer FC2 norm at ~1e3 dropping to 3-20 and
+    bouncing back: "grew 117x in 11 steps (6.7 -> 1.01e3)"). Steady growth is unaffected: its
+    minimum is the oldest entry, with nothing before it. Only evaluated when the cheap
+    measure would fire, so the hot path stays a subtraction."""
+    best = None
+    for entry in win:
+        if entry[0] >= wm[0]:
+            break  # entries are oldest first; only those before the minimum count
+        if best is None or entry[1] > best[1]:
+            best = entry
+    if best is None or best[1] <= g_ref:
+        return g, g_step, g_ref
+    return cur - best[1], best[0], best[1]
+
+
 def _exp(log_value: float) -> float:
     return math.exp(min(log_value, 709.0))  # a stored log of a finite float is <= 709.8
 
@@ -72,6 +94,8 @@ class NormGrowthRule(Rule):
         self.b_enter = (_log(cfg.baseline_warning), _log(cfg.baseline_critical))
         self.g_hold = (_log(cfg.growth_warning, clear), _log(cfg.growth_critical, clear))
         self.b_hold = (_log(cfg.baseline_warning, clear), _log(cfg.baseline_critical, clear))
+        # Below the lowest threshold (hold <= enter) the growth cannot change a level.
+        self.g_gate = min((t for t in self.g_hold if t is not None), default=math.inf)
 
     def accepts(self, key: str, layer: int | None, site: str | None, stat: str) -> bool:
         return layer is not None and site in self.sites and stat in self.stats
@@ -124,6 +148,8 @@ class NormGrowthRule(Rule):
                 wm = s["wm"] = list(min(win, key=_second))
             g_step, g_ref = wm  # the oldest of equal minima
             g = cur - g_ref
+            if g >= self.g_gate:
+                g, g_step, g_ref = _past_dip(win, wm, cur, g, g_step, g_ref)
         else:
             g, g_step, g_ref = 0.0, step, cur
         bg = cur - s["b"] if s["b"] is not None else 0.0

@@ -57,8 +57,8 @@ class NormGrowthConfig(RuleConfig):
     growth_warning: float | None = Field(default=30.0, gt=1.0)
     """Warning when a norm grew this many times within ``window_steps``. 30, not 10: healthy
     normalised runs at high LR grow single norms 10-20x in 100 steps; 30 removed 3 of 13 warned
-    stable runs on the `small` detection corpus and 2 of 49 on `tiny`, with the same diverging runs
-    warned (docs/detection.md)."""
+    stable runs on the 60-run `small` detection corpus and 2 of 49 on the 140-run `tiny` one, with
+    the same diverging runs warned."""
     growth_critical: float | None = Field(default=100.0, gt=1.0)
     burn_in_steps: int = Field(default=100, ge=0)
     """Steps, counted from a series' first observation, before it is judged or used as a

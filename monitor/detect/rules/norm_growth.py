@@ -61,9 +61,10 @@ def _past_dip(
 ) -> tuple[float, int, float]:
     """Growth measured past a dip: against the highest per-bucket minimum *before* the window's
     minimum, when that is higher. A norm that collapses for a few steps and comes back to where
-    it was is not growing: on the `small` detection corpus every critical false alarm of this rule
-    on a stable run was such a recovery (a last-layer FC2 norm at ~1e3 dropping to 3-20 and
-    bouncing back: "grew 117x in 11 steps (6.7 -> 1.01e3)"). Steady growth is unaffected: its
+    it was is not growing: on the `small` detection corpus the rule's critical false alarms on
+    stable runs were all such recoveries (a last-layer FC2 norm at ~1e3 dropping to 3-20 and
+    bouncing back: "grew 117x in 11 steps (6.7 -> 1.01e3)"); this removes the 2 of 5 whose level
+    before the dip was still in the window. Steady growth is unaffected: its
     minimum is the oldest entry, with nothing before it. Only evaluated when the cheap
     measure would fire, so the hot path stays a subtraction."""
     best = None

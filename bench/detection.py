@@ -41,6 +41,7 @@ from bench.detection_metrics import (  # noqa: E402
     FirstAlerts,
     Run,
     combine,
+    ended_on_plateau,
     load_runs,
     ours,
     per_rule_first,
@@ -56,6 +57,7 @@ GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
         "warmup": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 0.5, 0.7, 1.0),
         "nowarmup": (3e-2, 1e-1, 3e-1),
         "ramp": (1e-1, 3e-1, 1.0),
+        "slowramp": (1e-1, 3e-1, 1.0),
     },
     # 300-step runs of the 472k-parameter model (60 runs). Every variant blows up within the first
     # warmup steps at LR 1 and without warmup at 0.3 (nothing precedes those), so the grid spends
@@ -65,9 +67,17 @@ GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
         "warmup": (1e-2, 1e-1, 3e-1, 0.5),
         "nowarmup": (1e-1,),
         "ramp": (1.0,),
+        "slowramp": (3e-1, 1.0),
     },
 }
-"""Learning rates per corpus preset and grid: warmup over 10% of the run, none, or half the run."""
+"""Learning rates per corpus preset and grid: warmup over 10% of the run, none, half the run, or
+the slow ramp below."""
+SLOW_RAMP = (600, 500)
+"""(steps, warmup) of the ``slowramp`` grid, whatever ``--steps`` is: the LR climbs for 500 steps
+(to LR 1 it passes 0.3 at step 150 and 0.6 at step 300), so each variant crosses its stability
+edge after a few hundred steps of ordinary training. That is the regime the paper's precursors
+are about (norms and logits growing "step after step" before the loss goes), and the closest
+these CPUs get to a divergence late in a long run."""
 LATE_STEP = 20
 SEEDS = (0, 1)
 
@@ -96,16 +106,23 @@ GRID: dict[str, list[dict[str, Any]]] = {
 
 def corpus_configs(root: str | Path, preset: str, steps: int, jobs: int = 2):
     """The corpus's grids under ``root/preset``: with warmup (10% of the run: the ``stabmon
-    sweep`` grid), without, and with a slow ramp (warmup over half the run) at the high LRs."""
+    sweep`` grid), without, with a ramp (warmup over half the run) at the high LRs, and the
+    longer `SLOW_RAMP` runs."""
     from trainer_hooks.sweep import SweepConfig
 
     base = Path(root) / preset
     grid = GRIDS.get(preset, GRIDS["small"])
-    warmups = {"warmup": steps // 10, "nowarmup": 0, "ramp": steps // 2}
-    common = dict(preset=preset, steps=steps, seeds=SEEDS, jobs=jobs, plots=False)
+    shapes = {
+        "warmup": (steps, steps // 10),
+        "nowarmup": (steps, 0),
+        "ramp": (steps, steps // 2),
+        "slowramp": SLOW_RAMP,
+    }
+    common = dict(preset=preset, seeds=SEEDS, jobs=jobs, plots=False)
     return [
-        SweepConfig(lrs=grid[name], warmups=(warmup,), out=str(base / name), **common)
-        for name, warmup in warmups.items()
+        SweepConfig(lrs=grid[name], steps=n, warmups=(warmup,), out=str(base / name), **common)
+        for name, (n, warmup) in shapes.items()
+        if name in grid
     ]
 
 
@@ -170,23 +187,6 @@ def _default_index(rule: str) -> int:
         if all(getattr(cfg, k) == v for k, v in opt.items()):
             return i
     return -1
-
-
-def ended_on_plateau(run: Run, tail: int = 20) -> bool:
-    """Outcome view (not the ground truth): the median of the run's last ``tail`` losses is no
-    better than the unigram plateau's lower edge, i.e. the run ended no better than a predictor
-    that ignores context. Non-finite losses count as failed."""
-    import math
-    import statistics
-
-    from stabmon.divergence import DivergenceConfig
-
-    if run.plateau_loss is None:
-        return False
-    last = run.losses[-tail:]
-    if any(not math.isfinite(v) for v in last):
-        return True
-    return statistics.median(last) >= run.plateau_loss - DivergenceConfig().plateau_margin
 
 
 def outcome_score(runs: Sequence[Run], first: dict[str, int | None]) -> dict[str, Any]:
@@ -273,7 +273,7 @@ def plot_timeline(
     shown = [r for r in runs if r.diverged] + [
         r for r in runs if not r.diverged and primary.get(r.name) is not None
     ]
-    fig, ax = plt.subplots(figsize=(9, 0.2 * len(shown) + 1.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 0.2 * len(shown) + 2.3), dpi=110)
     for y, r in enumerate(shown):
         if r.diverged:
             ax.plot([r.diverged_at], [y], "|", color="black", markersize=12, mew=2)
@@ -293,7 +293,8 @@ def plot_timeline(
     ax.set_xlim(0, max(r.steps for r in shown) if shown else 1)
     ax.invert_yaxis()
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    # Below the axes: inside, it covers the last rows (the stable runs alerted on).
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=3)
     ax.set_title("First critical alert per detector vs the divergence step")
     fig.tight_layout()
     fig.savefig(path)
@@ -329,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for label, subset in (
             ("warmup 10%", [r for r in runs if 0 < r.warmup < r.steps // 2]),
             ("no warmup", [r for r in runs if r.warmup == 0]),
-            ("warmup 50% (ramp)", [r for r in runs if r.warmup >= r.steps // 2]),
+            ("warmup 50% (ramp)", [r for r in runs if r.warmup * 2 == r.steps]),
+            ("slow ramp (500 of 600 steps)", [r for r in runs if r.warmup * 2 > r.steps]),
         )
         if subset
     }

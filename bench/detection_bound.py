@@ -291,12 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = load_runs(sorted(p for p in base.iterdir() if (p / "runs").is_dir()))
     if not runs:
         ap.error(f"no recorded runs under {base}; build the corpus with bench/detection.py first")
-    results = []
+    results, split = [], []
+    seeds = sorted({r.seed for r in runs})
     for b in args.burn_in:
         feats = {r.name: run_features(r, b) for r in runs}
         results += [bound(runs, b, m, exclude, feats) for exclude in (False, True) for m in (0, args.late)]
-    (base / "detection_bound.json").write_text(json.dumps(results, indent=1))
-    md = to_markdown(args.preset, results)
+        if len(seeds) > 1:
+            split += [held_out(runs, b, seed, m, feats) for seed in seeds for m in (0, args.late)]
+    (base / "detection_bound.json").write_text(json.dumps({"bound": results, "held_out": split}, indent=1))
+    md = to_markdown(args.preset, results) + (held_out_markdown(split) if split else "")
     (base / "detection_bound.md").write_text(md)
     print(md)
     return 0

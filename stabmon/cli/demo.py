@@ -114,6 +114,20 @@ def _summary(report: Any, console: Any) -> None:
     console.print(f"demo wall time {report.wall_s:.0f} s")
 
 
+def demo_db_path(value: str) -> Path:
+    """The demo's SQLite file from ``--db``: a path, or the ``sqlite:///`` URL that ``stabmon
+    serve --db`` takes (SQLAlchemy's form: ``sqlite:////abs/path``, ``sqlite:///relative``), so
+    the command the demo prints can be pasted back. Another database URL is refused: the demo
+    starts its own collector on an embedded file."""
+    if "://" not in value:
+        return Path(value)
+    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return Path(value[len("sqlite:///") :])
+    raise typer.BadParameter(
+        f"{value!r}: the demo runs its own collector on a SQLite file; give a path or a sqlite:/// URL"
+    )
+
+
 def demo_cmd(
     preset: str = typer.Option("small", help="Model size: tiny | small."),
     steps: int = typer.Option(300, help="Optimizer steps per run."),
@@ -121,7 +135,10 @@ def demo_cmd(
     warmup: int = typer.Option(150, help="Linear warmup steps."),
     variants: str = typer.Option("baseline,qkv_norm", help="Comma-separated variants to train."),
     seed: int = typer.Option(0),
-    db: Path = typer.Option(Path(".stabmon/demo.db"), help="SQLite file of the demo's collector."),
+    db: str = typer.Option(
+        ".stabmon/demo.db",
+        help="SQLite file of the demo's collector (a path, or a sqlite:/// URL as `serve` takes).",
+    ),
     port: int = typer.Option(0, help="Collector port (0: 8321 if free, else any free one)."),
     sequential: bool = typer.Option(False, help="Train the runs one after the other instead of in parallel."),
     keep_serving: bool = typer.Option(False, help="Keep the collector running afterwards, until Ctrl-C."),
@@ -141,7 +158,7 @@ def demo_cmd(
             warmup=warmup,
             variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
             seed=seed,
-            db=db,
+            db=demo_db_path(db),
             port=port,
             parallel=not sequential,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,16 @@ def test_display_prints_a_resolution_as_such_not_as_a_new_alert():
     text = console.export_text()
     assert text.count("ALERT") == 1 and "resolved baseline warning grad_spike (opened at step 75" in text
     assert display.alerts == [["[yellow]grad_spike@75[/]"]]
+
+
+def test_demo_db_takes_a_path_or_the_sqlite_url_serve_takes():
+    import typer
+
+    from stabmon.cli.demo import demo_db_path
+
+    assert demo_db_path(".stabmon/demo.db") == Path(".stabmon/demo.db")
+    assert demo_db_path("sqlite:////tmp/x/demo.db") == Path("/tmp/x/demo.db")
+    assert demo_db_path("sqlite:///rel/demo.db") == Path("rel/demo.db")
+    for bad in ("postgresql://u@h/db", "sqlite:///"):
+        with pytest.raises(typer.BadParameter, match="SQLite file"):
+            demo_db_path(bad)

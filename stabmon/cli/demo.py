@@ -121,8 +121,13 @@ def demo_db_path(value: str) -> Path:
     starts its own collector on an embedded file."""
     if "://" not in value:
         return Path(value)
-    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
-        return Path(value[len("sqlite:///") :])
+    from sqlalchemy.engine import make_url  # the parser `serve` (monitor.store.engine) uses
+    from sqlalchemy.exc import ArgumentError
+
+    with contextlib.suppress(ArgumentError):
+        u = make_url(value)
+        if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+            return Path(u.database)
     raise typer.BadParameter(
         f"{value!r}: the demo runs its own collector on a SQLite file; give a path or a sqlite:/// URL"
     )

@@ -8,7 +8,7 @@ last ``sustain`` observations, so a single outlier batch cannot fire — against
 - the smallest value within the last ``window_steps`` steps (a rate: "grew 40x in 25 steps";
   kept as per-bucket minima, so the window is bounded whatever the monitoring cadence),
   which ignores the slow, legitimate growth of norms over a long run. A norm that dipped and
-  came back is measured against the highest level before the dip, not the dip (`_past_dip`);
+  came back is measured against the highest level before the dip, not the dip (`_before_dip`);
 - the run's own early baseline, the median of ``baseline_points`` observations after the
   ``burn_in_steps`` (catches growth too slow for the window).
 
@@ -56,26 +56,22 @@ def _second(p: list[float]) -> float:
     return p[1]
 
 
-def _past_dip(
-    win: list[list[float]], wm: list[float], cur: float, g: float, g_step: int, g_ref: float
-) -> tuple[float, int, float]:
-    """Growth measured past a dip: against the highest per-bucket minimum *before* the window's
-    minimum, when that is higher. A norm that collapses for a few steps and comes back to where
-    it was is not growing: on the `small` detection corpus the rule's critical false alarms on
-    stable runs were all such recoveries (a last-layer FC2 norm at ~1e3 dropping to 3-20 and
-    bouncing back: "grew 117x in 11 steps (6.7 -> 1.01e3)"); this removes the 2 of 5 whose level
-    before the dip was still in the window. Steady growth is unaffected: its
-    minimum is the oldest entry, with nothing before it. Only evaluated when the cheap
-    measure would fire, so the hot path stays a subtraction."""
+def _before_dip(win: list[list[float]], wm: list[float]) -> list[float] | None:
+    """The highest per-bucket minimum *before* the window's minimum ``wm`` (None if there is
+    none). Growth is measured past a dip, against this level when it is above the dip: a norm
+    that collapses for a few steps and comes back to where it was is not growing. On the `small`
+    detection corpus the rule's critical false alarms on stable runs were all such recoveries (a
+    last-layer FC2 norm at ~1e3 dropping to 3-20 and bouncing back: "grew 117x in 11 steps (6.7
+    -> 1.01e3)"); this removes the 2 of 5 whose level before the dip was still in the window.
+    Steady growth is unaffected: its minimum is the oldest entry, with nothing before it. Only
+    looked up when the cheap measure would count, so the hot path stays a subtraction."""
     best = None
     for entry in win:
         if entry[0] >= wm[0]:
             break  # entries are oldest first; only those before the minimum count
         if best is None or entry[1] > best[1]:
             best = entry
-    if best is None or best[1] <= g_ref:
-        return g, g_step, g_ref
-    return cur - best[1], best[0], best[1]
+    return best
 
 
 def _exp(log_value: float) -> float:
@@ -148,9 +144,11 @@ class NormGrowthRule(Rule):
             if wm is None:  # a snapshot from before the cached minimum existed
                 wm = s["wm"] = list(min(win, key=_second))
             g_step, g_ref = wm  # the oldest of equal minima
+            if cur - g_ref >= self.g_gate:  # would count: measure it past a dip, if any
+                pre = _before_dip(win, wm)
+                if pre is not None and pre[1] > g_ref:
+                    g_step, g_ref = pre
             g = cur - g_ref
-            if g >= self.g_gate:
-                g, g_step, g_ref = _past_dip(win, wm, cur, g, g_step, g_ref)
         else:
             g, g_step, g_ref = 0.0, step, cur
         bg = cur - s["b"] if s["b"] is not None else 0.0

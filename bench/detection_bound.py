@@ -36,7 +36,7 @@ import re
 import statistics
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -136,21 +136,21 @@ def _max_between(vals: Sequence[float], steps: Sequence[int], lo: int, hi: int |
     return max(xs) if xs else -math.inf
 
 
-def _ceilings(
-    stable: Sequence[Run],
-    feats: dict[str, Features],
-    steps: dict[str, list[int]],
-    names: Sequence[str],
-    burn_in: int,
-) -> dict[str, float]:
-    """Per feature, the largest value any of the ``stable`` runs takes from the burn-in on."""
-    return {
-        f: max(
-            (_max_between(feats[r.name].get(f, []), steps[r.name], burn_in, None) for r in stable),
-            default=-math.inf,
-        )
-        for f in names
-    }
+def _crossings(
+    runs: Sequence[Run], stable: Sequence[Run], burn_in: int, feats: dict[str, Features] | None
+) -> Callable[[Run, int | None], list[str]]:
+    """Every feature's ceiling, the largest value any of the ``stable`` runs takes from the
+    burn-in on; returns ``crossed(run, hi)``: the features that ``run`` takes above their ceiling
+    between the burn-in and step ``hi`` (None: the end of the run)."""
+    feats = feats if feats is not None else {r.name: run_features(r, burn_in) for r in runs}
+    steps = {r.name: [s for s, _ in r.records] for r in runs}
+    names = sorted({f for fs in feats.values() for f in fs})
+
+    def peak(r: Run, f: str, hi: int | None) -> float:
+        return _max_between(feats[r.name].get(f, []), steps[r.name], burn_in, hi)
+
+    ceiling = {f: max((peak(r, f, None) for r in stable), default=-math.inf) for f in names}
+    return lambda r, hi: [f for f in names if peak(r, f, hi) > ceiling[f]]
 
 
 def held_out(
@@ -164,27 +164,18 @@ def held_out(
     runs of ``fit_seed``, then scored on the other seeds' runs (recall at or before the divergence
     step, false alarms: stable runs crossing any threshold). Shows how much of the bound is
     thresholds fitted to the very runs they are scored on."""
-    feats = feats if feats is not None else {r.name: run_features(r, burn_in) for r in runs}
-    steps = {r.name: [s for s, _ in r.records] for r in runs}
-    names = sorted({f for fs in feats.values() for f in fs})
     fit = [r for r in runs if r.seed == fit_seed and not r.diverged]
     test = [r for r in runs if r.seed != fit_seed]
-    ceiling = _ceilings(fit, feats, steps, names, burn_in)
-
-    def crosses(r: Run, hi: int | None) -> bool:
-        return any(
-            _max_between(feats[r.name].get(f, []), steps[r.name], burn_in, hi) > ceiling[f] for f in names
-        )
-
+    crossed = _crossings(runs, fit, burn_in, feats)
     pos = [r for r in test if r.diverged and r.diverged_at >= min_divergence]
     neg = [r for r in test if not r.diverged]
     return {
         "burn_in": burn_in,
         "fit_seed": fit_seed,
         "min_divergence": min_divergence,
-        "recall_n": sum(crosses(r, r.diverged_at) for r in pos),
+        "recall_n": sum(bool(crossed(r, r.diverged_at)) for r in pos),
         "diverged": len(pos),
-        "false_alarms": sum(crosses(r, None) for r in neg),
+        "false_alarms": sum(bool(crossed(r, None)) for r in neg),
         "stable": len(neg),
     }
 
@@ -199,20 +190,13 @@ def bound(
     """The zero-false-alarm recall bound over ``runs`` (see the module docstring). With
     ``exclude_degraded``, stable runs that `ended_on_plateau` do not set the ceilings: a sensitivity
     check of how much the bound owes to those borderline labels."""
-    feats = feats if feats is not None else {r.name: run_features(r, burn_in) for r in runs}
-    steps = {r.name: [s for s, _ in r.records] for r in runs}
-    names = sorted({f for fs in feats.values() for f in fs})
     stable = [r for r in runs if not r.diverged and not (exclude_degraded and ended_on_plateau(r))]
     diverged = [r for r in runs if r.diverged and r.diverged_at >= min_divergence]
-    ceiling = _ceilings(stable, feats, steps, names, burn_in)
+    crossed = _crossings(runs, stable, burn_in, feats)
     caught: dict[str, list[str]] = {}
     per_feature: dict[str, int] = defaultdict(int)
     for r in diverged:
-        fs = [
-            f
-            for f in names
-            if _max_between(feats[r.name].get(f, []), steps[r.name], burn_in, r.diverged_at) > ceiling[f]
-        ]
+        fs = crossed(r, r.diverged_at)
         caught[r.name] = fs
         for f in fs:
             per_feature[f] += 1
@@ -243,6 +227,11 @@ def _group(r: dict, name: str) -> str:
     return f"{g['caught']}/{g['runs']}" if g else "-"
 
 
+def _counted(r: dict) -> str:
+    """Which divergences a result counts."""
+    return "all" if not r["min_divergence"] else f"at step >= {r['min_divergence']}"
+
+
 def to_markdown(preset: str, results: Sequence[dict]) -> str:
     lines = [
         f"# Zero-false-alarm recall bound, `{preset}` corpus",
@@ -253,7 +242,7 @@ def to_markdown(preset: str, results: Sequence[dict]) -> str:
     ]
     for r in results:
         best = ", ".join(f"`{f}` ({n})" for f, n in r["best_features"][:3]) or "-"
-        which = "all" if not r["min_divergence"] else f"at step >= {r['min_divergence']}"
+        which = _counted(r)
         ceiling = "all but those that ended on the plateau" if r["exclude_degraded"] else "all"
         lines.append(
             f"| {r['burn_in']} | {ceiling} ({r['stable']}) | {which} ({r['diverged']}) "
@@ -272,7 +261,7 @@ def held_out_markdown(results: Sequence[dict]) -> str:
         "|---|---|---|---|---|",
     ]
     for r in results:
-        which = "all" if not r["min_divergence"] else f"at step >= {r['min_divergence']}"
+        which = _counted(r)
         lines.append(
             f"| {r['burn_in']} | {r['fit_seed']} | {which} | {r['recall_n']}/{r['diverged']} "
             f"| {r['false_alarms']}/{r['stable']} |"

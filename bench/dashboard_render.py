@@ -3,7 +3,7 @@
 Builds a 20,000-step run with 123 series (12 layers x {qkv, proj, fc1, fc2} x {l2_mean, l2_max},
 attention logit max and entropy per layer, plus loss, lr and grad_norm: 2.46 M values) in a
 fresh SQLite database through the store's batch-write primitive, starts a real collector
-(``python -m stabmon serve``) on it, and loads the run page in headless Chromium several
+(``python -m stabmon_cli serve``) on it, and loads the run page in headless Chromium several
 times. The figure is the time from navigation start until every plot of the page has
 rendered (``window.__stabmonRendered``, set by ``run.js`` once Plotly resolved all of them),
 as ``performance.now()`` measures it. The first load is reported apart (cold cache: it also

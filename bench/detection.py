@@ -1,7 +1,7 @@
 """The detection benchmark: stabmon's detector vs two published loss-spike rules on real runs.
 
 Builds (or, with ``--reuse``, only reads) a labelled corpus of training runs with the sweep
-library (`trainer_hooks.sweep`): all five norm variants x a learning-rate grid from stable to
+library (`trainer_hooks.lab.sweep`): all five norm variants x a learning-rate grid from stable to
 divergent x 2 seeds, with warmup (the ``stabmon sweep`` grid), without, and with a slow ramp
 (warmup over half the run, so that the high LRs cross the stability edge mid-run rather than in
 the first steps); every run's per-step records in JSONL under ``out/corpus/{preset}/``
@@ -108,7 +108,7 @@ def corpus_configs(root: str | Path, preset: str, steps: int, jobs: int = 2):
     """The corpus's grids under ``root/preset``: with warmup (10% of the run: the ``stabmon
     sweep`` grid), without, with a ramp (warmup over half the run) at the high LRs, and the
     longer `SLOW_RAMP` runs."""
-    from trainer_hooks.sweep import SweepConfig
+    from trainer_hooks.lab.sweep import SweepConfig
 
     base = Path(root) / preset
     grid = GRIDS.get(preset, GRIDS["small"])
@@ -127,7 +127,7 @@ def corpus_configs(root: str | Path, preset: str, steps: int, jobs: int = 2):
 
 
 def build_corpus(root: str | Path, preset: str, steps: int, jobs: int) -> None:
-    from trainer_hooks.sweep import run_sweep
+    from trainer_hooks.lab.sweep import run_sweep
 
     for cfg in corpus_configs(root, preset, steps, jobs):
         t0 = time.perf_counter()
@@ -180,7 +180,7 @@ def calibrate(
 
 def _default_index(rule: str) -> int:
     """The grid option equal to the rule's current defaults (for the tie-break)."""
-    from monitor.detect import DetectorConfig
+    from stabmon.detect import DetectorConfig
 
     cfg = getattr(DetectorConfig(), rule)
     for i, opt in enumerate(GRID[rule]):
@@ -204,7 +204,7 @@ def outcome_score(runs: Sequence[Run], first: dict[str, int | None]) -> dict[str
 
 def early_stop_replay(runs: Sequence[Run], crit: dict[str, int | None]) -> dict[str, Any]:
     """What ``stabmon sweep --early-stop`` would have done to these (full) runs."""
-    from stabmon.cli.sweep import max_stable_lr
+    from stabmon_cli.sweep import max_stable_lr
 
     full = sum(r.steps for r in runs)
     stopped = [r for r in runs if crit.get(r.name) is not None]

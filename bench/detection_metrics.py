@@ -3,7 +3,7 @@
 A :class:`Run` is one recorded training run: its per-step records (as the hooks streamed them),
 its loss and grad-norm history and its label, `stabmon.divergence.find_divergence` over the
 *full* loss history. Detectors only ever see a prefix: :func:`ours` streams the records through
-`monitor.detect.Detector` step by step, :func:`reference` streams (loss, grad norm) through a
+`stabmon.detect.Detector` step by step, :func:`reference` streams (loss, grad norm) through a
 reference rule, and each returns the first alerting step per run. :func:`score` turns those
 steps into recall (diverging runs alerted at or before their divergence step), false alarms
 (non-diverging runs alerted at all), and lead times (divergence step - alert step). Detector
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.detect import Detector, DetectorConfig
-from monitor.detect.config import RULE_FIELDS
+from stabmon.detect import Detector, DetectorConfig
+from stabmon.detect.config import RULE_FIELDS
 from stabmon.divergence import DivergenceConfig, find_divergence
 from stabmon.wire import decode_value
 

@@ -16,7 +16,7 @@ import math
 import random
 import time
 
-from monitor.detect import Detector
+from stabmon.detect import Detector
 
 
 def make_keys(n_keys: int) -> list[str]:

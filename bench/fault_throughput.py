@@ -25,7 +25,7 @@ import torch
 
 from stabmon.net import free_port
 from trainer_hooks.client import Client, NullSink, RunInfo
-from trainer_hooks.train import TrainConfig, train
+from trainer_hooks.lab.train import TrainConfig, train
 
 
 def one(mode: str, cfg: TrainConfig, spool_dir: str, spool_max_bytes: int) -> tuple[float, dict]:

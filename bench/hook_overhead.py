@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from trainer_hooks.client import MemorySink
-from trainer_hooks.config import preset, preset_defaults
 from trainer_hooks.hooks import attach
-from trainer_hooks.model import GPT
+from trainer_hooks.lab.config import preset, preset_defaults
+from trainer_hooks.lab.model import GPT
 
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: make `bench.*` importable

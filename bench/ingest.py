@@ -105,7 +105,7 @@ def make_backend(name: str, tmp: Path) -> Backend:
 def start_server(url: str, port: int, workers: int) -> subprocess.Popen:
     env = {**os.environ, "STABMON_DB": url, "STABMON_MIGRATE_ON_START": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stabmon", "serve", "--port", str(port), "--log-level", "warning"]
+        [sys.executable, "-m", "stabmon_cli", "serve", "--port", str(port), "--log-level", "warning"]
         + ["--workers", str(workers)],
         env=env,
         cwd=ROOT,

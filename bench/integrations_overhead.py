@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from trainer_hooks.config import preset
+from trainer_hooks.lab.config import preset
 
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: make `bench.*` importable
@@ -89,7 +89,7 @@ def attach_options(mode: str) -> dict:
 
 def run_plain(mode: str, args) -> tuple[float, float]:
     from trainer_hooks.hooks import attach
-    from trainer_hooks.model import GPT
+    from trainer_hooks.lab.model import GPT
 
     torch.manual_seed(0)
     model = GPT(SHAPE)
@@ -160,7 +160,7 @@ def run_lightning(mode: str, args) -> tuple[float, float]:
     import lightning as L
 
     from trainer_hooks.integrations.lightning import StabmonCallback
-    from trainer_hooks.model import GPT
+    from trainer_hooks.lab.model import GPT
 
     class Lit(L.LightningModule):
         def __init__(self):

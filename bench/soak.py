@@ -367,7 +367,7 @@ def _stored_per_run(db: str) -> dict[str, int]:
 
 
 def _start_collector(db: str, port: int, workers: int, log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "stabmon", "serve", "--db", db, "--port", str(port)]
+    cmd = [sys.executable, "-m", "stabmon_cli", "serve", "--db", db, "--port", str(port)]
     cmd += ["--workers", str(workers), "--log-level", "warning"]
     log = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its life
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

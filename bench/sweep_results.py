@@ -1,6 +1,6 @@
 """The paper's comparisons from a finished ``stabmon sweep``: stable LR range, loss, LR sensitivity.
 
-Reads a sweep directory (``results.json`` rows and the per-run files of `trainer_hooks.sweep`)
+Reads a sweep directory (``results.json`` rows and the per-run files of `trainer_hooks.lab.sweep`)
 and computes, per variant: the maximum stable learning rate on the grid (the largest LR at which
 no seed diverged), the final validation loss and perplexity at every LR (mean over the seeds),
 and the LR sensitivity of Wortsman et al. 2023 (the mean over the grid of
@@ -25,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repo's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stabmon.cli.sweep import max_stable_lr  # noqa: E402
+from stabmon_cli.sweep import max_stable_lr  # noqa: E402
 
 
 def _mean(xs: Sequence[float]) -> float | None:
@@ -130,8 +130,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     from trainer_hooks.client.sinks import read_jsonl
-    from trainer_hooks.sweep import load_detail, load_row
-    from trainer_hooks.sweep_plots import plot_loss_curves, plot_loss_vs_lr, plot_norm_trajectories
+    from trainer_hooks.lab.sweep import load_detail, load_row
+    from trainer_hooks.lab.sweep_plots import plot_loss_curves, plot_loss_vs_lr, plot_norm_trajectories
 
     out = Path(args.sweep)
     rows = sorted(

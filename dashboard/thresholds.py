@@ -1,6 +1,6 @@
 """The attention-logit thresholds the run page draws: the divergence detector's own settings
 for the run (its defaults updated by the collector-wide, project and run overrides), read from
-:class:`monitor.detect.DetectorConfig` rather than copied, so the lines on the plot are the
+:class:`stabmon.detect.DetectorConfig` rather than copied, so the lines on the plot are the
 levels at which the collector really alerts.
 
 Also the level past which Wortsman et al. (2023) saw every run diverge (~1e4), drawn as a
@@ -13,8 +13,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from monitor.detect import DetectorConfig
-from monitor.detect.layers import effective_run_config
+from stabmon.detect import DetectorConfig
+from stabmon.detect.layers import effective_run_config
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from trainer_hooks.data import ByteCorpus
 from trainer_hooks.integrations.hf import StabmonCallback  # stabmon
+from trainer_hooks.lab.data import ByteCorpus
 
 
 class ByteSequences(torch.utils.data.Dataset):

@@ -19,10 +19,10 @@ import tempfile
 import lightning as L
 import torch
 
-from trainer_hooks.config import preset
-from trainer_hooks.data import ByteCorpus
 from trainer_hooks.integrations.lightning import StabmonCallback  # stabmon
-from trainer_hooks.model import GPT
+from trainer_hooks.lab.config import preset
+from trainer_hooks.lab.data import ByteCorpus
+from trainer_hooks.lab.model import GPT
 
 
 class LitGPT(L.LightningModule):

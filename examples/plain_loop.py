@@ -24,11 +24,11 @@ from collections.abc import Callable
 import torch
 
 from trainer_hooks.client import Client, FanoutSink, NullSink, RunInfo  # stabmon
-from trainer_hooks.config import preset
-from trainer_hooks.data import ByteCorpus
 from trainer_hooks.hooks import attach  # stabmon
 from trainer_hooks.integrations.tensorboard import TensorBoardSink
-from trainer_hooks.model import GPT
+from trainer_hooks.lab.config import preset
+from trainer_hooks.lab.data import ByteCorpus
+from trainer_hooks.lab.model import GPT
 
 
 def batches(data: str, block_size: int, batch_size: int, seed: int) -> Callable[[], tuple]:

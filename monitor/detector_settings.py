@@ -1,7 +1,7 @@
 """The detector's settings as the collector applies them: built-in defaults < collector-wide
 (``STABMON_DETECTOR``) < project < run (``config.detector``).
 
-Glue between the pure layers of :mod:`monitor.detect.layers` and the store, shared by the API
+Glue between the pure layers of :mod:`stabmon.detect.layers` and the store, shared by the API
 routes, the ``stabmon project detector`` command and run registration.
 
 When a change applies: a run's layers are resolved when it is registered. The collector-wide
@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.detect import DetectorConfig
-from monitor.detect.config import nest_overrides
-from monitor.detect.layers import (
+from monitor.store import Store
+from stabmon.detect import DetectorConfig
+from stabmon.detect.config import nest_overrides
+from stabmon.detect.layers import (
     LAYER_NAMES,
     LayerError,
     canonical,
@@ -30,7 +31,6 @@ from monitor.detect.layers import (
     sources,
     without,
 )
-from monitor.store import Store
 from stabmon.wire import RunPublic
 
 

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
-from monitor.detect.layers import effective_run_config
 from monitor.store import Store
 from monitor.store.alerts import (
     apply_findings,
@@ -36,6 +35,7 @@ from monitor.store.alerts import (
 )
 from monitor.store.codec import wire_to_float
 from monitor.store.runs import RunRef
+from stabmon.detect.layers import effective_run_config
 from stabmon.wire import AlertPublic, IngestResponse, PointsIn, RunPublic
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ LIVE_STATES_MAX = 1024
 
 
 class DetectorLike(Protocol):
-    """What the ingest service needs from a detector (``monitor.detect.Detector`` fits)."""
+    """What the ingest service needs from a detector (``stabmon.detect.Detector`` fits)."""
 
     def new_state(self) -> Any: ...
     def observe(self, state: Any, step: int, values: Mapping[str, float]) -> Sequence[Any]: ...
@@ -65,17 +65,17 @@ class DetectorFactory(Protocol):
 
 
 class DefaultDetectorFactory:
-    """``monitor.detect``, configured by ``run_config["detector"]``: the ingest service passes
+    """``stabmon.detect``, configured by ``run_config["detector"]``: the ingest service passes
     the run's config with every layer of overrides merged there (collector-wide, project, the
     run's own; see :mod:`monitor.detector_settings`)."""
 
     def build(self, run_config: Mapping[str, Any]) -> DetectorLike:
-        from monitor.detect import Detector, DetectorConfig
+        from stabmon.detect import Detector, DetectorConfig
 
         return Detector(DetectorConfig.from_overrides(run_config.get("detector") or {}))
 
     def restore(self, state: dict[str, Any]) -> Any:
-        from monitor.detect import DetectorState
+        from stabmon.detect import DetectorState
 
         return DetectorState.from_dict(state)
 

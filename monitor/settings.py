@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     @field_validator("detector")
     @classmethod
     def _detector_valid(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from monitor.detect.layers import canonical
+        from stabmon.detect.layers import canonical
 
         return canonical(v, "collector")
 

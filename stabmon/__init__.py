@@ -1,9 +1,12 @@
-"""stabmon: divergence-detection monitoring for LLM training.
+"""stabmon's ground floor: what both sides share, importing nothing above it.
 
-This package holds what both sides share and nothing heavy: the wire contract
-(`stabmon.wire`, pydantic only), the ground-truth divergence function
-(`stabmon.divergence`, pure Python) and the `stabmon` command line (`stabmon.cli`),
-which imports the training side (torch) or the server side (FastAPI) lazily, per command.
+- :mod:`stabmon.wire`: the wire contract (payload schema, series-key grammar, non-finite
+  encoding, severity order, the ``Sink`` protocol); pydantic only.
+- :mod:`stabmon.detect`: the pure, streaming divergence detector (series in, findings out).
+- :mod:`stabmon.divergence`: the ground-truth divergence definition.
+
+The collector (:mod:`monitor`) and the training side (:mod:`trainer_hooks`) stand on it side
+by side; the command line (:mod:`stabmon_cli`) is the roof that wires them together.
 """
 
 __version__ = "0.1.0"

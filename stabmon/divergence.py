@@ -33,7 +33,7 @@ decidable. A run has diverged at step ``i`` (an index into the loss history) whe
    the ``tiny`` corpus: baseline runs at LR 0.3-0.5 sat in the band for 94-135 steps at a time,
    broken by such bursts, and ended at 3.2-3.3 nats without ever getting below the band).
    ``plateau_loss`` is the loss of the best context-free predictor of the data,
-   the entropy of its byte-unigram distribution (`trainer_hooks.data.ByteCorpus.unigram_entropy`,
+   the entropy of its byte-unigram distribution (`trainer_hooks.lab.data.ByteCorpus.unigram_entropy`,
    3.25 nats for the built-in corpus; the trainer fills it in). This is the measured high-LR
    failure at small scale: a baseline run at LR 0.1-0.3 blows up or oscillates in its first
    steps, then sits on the unigram plateau (~3.2-3.4 nats) for hundreds of steps, having

@@ -2,7 +2,7 @@
 
 The common entry points are re-exported here: ``attach`` and ``Monitor`` (forward hooks, from
 :mod:`trainer_hooks.hooks`) and ``Client``, ``RunInfo`` and ``MemorySink`` (from :mod:`trainer_hooks.client`).
-They load lazily on first access, so ``import trainer_hooks.config`` (or this package) stays
+They load lazily on first access, so ``import trainer_hooks.lab.config`` (or this package) stays
 cheap and never fails, even where torch or httpx are missing until a name is actually used.
 """
 

@@ -8,7 +8,7 @@ optimizer are consistent:
 
 - ``log``: log the alert (``stabmon.actions`` logger), nothing else;
 - ``stop``: the step already finished; save a checkpoint, return ``"stop"`` (the trainer ends
-  the run) and report the run as ``stopped`` (:func:`trainer_hooks.remote.run_monitored` closes
+  the run) and report the run as ``stopped`` (:func:`trainer_hooks.lab.remote.run_monitored` closes
   the client with that status);
 - ``rollback``: restore the newest checkpoint taken *before the first warning* of the current
   episode, scale the learning rate by ``lr_factor`` and carry on, at most ``max_rollbacks``
@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 log = logging.getLogger("stabmon.actions")
 
@@ -43,6 +43,18 @@ ACTIONS: tuple[str, ...] = ("none", "log", "stop", "rollback")
 # When alerts of one step ask for different actions, the strongest wins.
 _STRENGTH = {"none": 0, "log": 1, "rollback": 2, "stop": 3}
 _SEVERITY = {"warning": 1, "critical": 2}
+
+
+class Trainer(Protocol):
+    """What a trainer offers the policy; :class:`trainer_hooks.lab.train.Trainer` is one."""
+
+    step_num: int
+    lr_scale: float
+
+    def training_state(self) -> dict: ...  # tensors alias the live ones
+    def restore_training_state(self, state: dict) -> None: ...
+    def read_checkpoint(self, path: Path) -> dict: ...
+    def save_checkpoint(self, path: Path) -> Path: ...
 
 
 @dataclass
@@ -269,16 +281,14 @@ class AlertPolicy:
         return global_step
 
     # -- checkpoints -------------------------------------------------------------------------
-    def _take_checkpoint(self, trainer: Any) -> None:
-        from trainer_hooks import checkpoint
-
+    def _take_checkpoint(self, trainer: Trainer) -> None:
         step = int(trainer.step_num)
         if self._checkpoints and self._checkpoints[-1].step == step:
             return
         try:
             if self.config.checkpoint_dir is None:
                 # state_dict() tensors alias the live parameters: copy them.
-                ck = _Checkpoint(step, state=copy.deepcopy(checkpoint.trainer_state(trainer)))
+                ck = _Checkpoint(step, state=copy.deepcopy(trainer.training_state()))
             else:
                 path = Path(self.config.checkpoint_dir) / f"rollback_step_{step}.pt"
                 ck = _Checkpoint(step, path=trainer.save_checkpoint(path))
@@ -314,9 +324,7 @@ class AlertPolicy:
         return [ck.step for ck in self._checkpoints]
 
     # -- the actions -------------------------------------------------------------------------
-    def _rollback(self, trainer: Any, g: int, trigger: dict[str, Any] | None) -> bool:
-        from trainer_hooks import checkpoint
-
+    def _rollback(self, trainer: Trainer, g: int, trigger: dict[str, Any] | None) -> bool:
         first = self._first_warning if self._first_warning is not None else g
         target = self.trainer_step(first)
         ck = self._checkpoint_before(target)
@@ -328,12 +336,8 @@ class AlertPolicy:
             )
             return False
         from_step = int(trainer.step_num)
-        state = (
-            copy.deepcopy(ck.state)
-            if ck.state is not None
-            else checkpoint.load_state(ck.path, trainer.device)
-        )
-        checkpoint.restore_trainer(trainer, state)
+        state = copy.deepcopy(ck.state) if ck.state is not None else trainer.read_checkpoint(ck.path)
+        trainer.restore_training_state(state)
         trainer.lr_scale = float(trainer.lr_scale) * self.config.lr_factor
         self.rollbacks += 1
         self._checkpoints = [c for c in self._checkpoints if c.step <= ck.step]
@@ -359,7 +363,7 @@ class AlertPolicy:
         )
         return True
 
-    def _stop(self, trainer: Any, g: int, trigger: dict[str, Any] | None) -> None:
+    def _stop(self, trainer: Trainer, g: int, trigger: dict[str, Any] | None) -> None:
         directory = self.config.stop_dir or self.config.checkpoint_dir or getattr(trainer.cfg, "out", None)
         if directory is None:
             self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="stabmon-stop-")

@@ -47,7 +47,7 @@ def create_app(
 ) -> FastAPI:
     """A collector app. Pass ``store`` to reuse an open (already migrated) store; otherwise one
     is opened from ``settings.db`` and the schema prepared. ``detectors`` replaces the default
-    ``monitor.detect`` detector; ``notifier.notify(run, alerts)`` receives changed alerts."""
+    ``stabmon.detect`` detector; ``notifier.notify(run, alerts)`` receives changed alerts."""
     settings = settings or Settings()
     owns_store = store is None
     if store is None:

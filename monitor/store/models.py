@@ -52,7 +52,7 @@ projects = Table(
     Column("id", Integer, primary_key=True),
     Column("name", String(200), nullable=False, unique=True),
     Column("created_at", TS, nullable=False),
-    # The project's detector overrides (monitor.detect.layers), NULL when it sets none.
+    # The project's detector overrides (stabmon.detect.layers), NULL when it sets none.
     Column("detector", JSON, nullable=True),
 )
 

@@ -1,7 +1,7 @@
 """Projects in the store: lookup by name, and the project's detector settings.
 
 A project's detector settings are one JSON document of overrides (``projects.detector``; NULL
-when it sets none), in the canonical nested form of :mod:`monitor.detect.layers`. The store
+when it sets none), in the canonical nested form of :mod:`stabmon.detect.layers`. The store
 keeps the document and never interprets it: callers validate before they write. Changes go
 through :meth:`ProjectsMixin.update_project_detector`, a read-modify-write in one transaction,
 so two concurrent edits of different keys both stay.

@@ -1,4 +1,4 @@
-"""Fixtures for the dashboard tests: a real collector (``python -m stabmon serve`` on a free
+"""Fixtures for the dashboard tests: a real collector (``python -m stabmon_cli serve`` on a free
 port, SQLite in a temporary directory, a token made with ``stabmon token create``), runs
 ingested through its HTTP API, and a headless Chromium driven by Playwright.
 
@@ -57,7 +57,7 @@ class Collector:
 
 def _cli(*args: str, env: dict[str, str]) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "stabmon", *args],
+        [sys.executable, "-m", "stabmon_cli", *args],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -82,7 +82,7 @@ def start_collector(tmp: Path, project: str = "stability", db: str | None = None
             [
                 sys.executable,
                 "-m",
-                "stabmon",
+                "stabmon_cli",
                 "serve",
                 "--db",
                 db,

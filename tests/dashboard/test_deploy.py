@@ -302,7 +302,7 @@ def test_entrypoint_bootstraps_a_token_and_serves(tmp_path: Path) -> None:
             proc.wait(timeout=15)
             proc.stdout.close()
     listing = subprocess.run(
-        [sys.executable, "-m", "stabmon", "token", "list"],
+        [sys.executable, "-m", "stabmon_cli", "token", "list"],
         env=env,
         capture_output=True,
         text=True,
@@ -380,7 +380,7 @@ def test_collector_image_package_carries_the_dashboard(tmp_path: Path) -> None:
 
 def test_grafana_logit_thresholds_are_the_detectors_defaults() -> None:
     """The dashed lines on Grafana's logit panel are where the collector really alerts."""
-    from monitor.detect import DetectorConfig
+    from stabmon.detect import DetectorConfig
 
     panel = next(p for p in _panels(_dashboard()) if p["title"] == "Attention logit max by layer")
     steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from dashboard.auth import COOKIE_NAME
-from monitor.detect import DetectorConfig
+from stabmon.detect import DetectorConfig
 from tests.dashboard.conftest import create_run
 
 

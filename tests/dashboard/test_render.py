@@ -14,7 +14,7 @@ import pytest
 from dashboard import assets, render
 from dashboard.auth import safe_next
 from dashboard.thresholds import thresholds_for
-from monitor.detect import DetectorConfig
+from stabmon.detect import DetectorConfig
 
 
 def test_fill_escapes_values_but_not_raw_names() -> None:

@@ -1,4 +1,4 @@
-"""A real collector process for the fault, security and load tests: ``python -m stabmon serve``
+"""A real collector process for the fault, security and load tests: ``python -m stabmon_cli serve``
 on a free port, started, waited for, killed hard (SIGKILL) and restarted on the same database
 and port. Also small HTTP helpers shared by those tests (polling, reading whole series)."""
 
@@ -48,7 +48,7 @@ class Collector:
     def start(self, timeout: float = 90.0) -> Collector:
         log = self.workdir / f"collector-{len(self.logs)}.log"
         self.logs.append(log)
-        cmd = [sys.executable, "-m", "stabmon", "serve", "--db", self.db, "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "stabmon_cli", "serve", "--db", self.db, "--port", str(self.port)]
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 cmd, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT, env=self.env

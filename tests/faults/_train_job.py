@@ -17,7 +17,7 @@ import time
 import torch
 
 from trainer_hooks.client import Client, FanoutSink, JsonlSink, RunInfo
-from trainer_hooks.train import TrainConfig, train
+from trainer_hooks.lab.train import TrainConfig, train
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ def collector(tmp_path_factory):
     port = free_port()
     log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stabmon", "serve", "--db", f"sqlite:///{db}", "--port", str(port)],
+        [sys.executable, "-m", "stabmon_cli", "serve", "--db", f"sqlite:///{db}", "--port", str(port)],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,

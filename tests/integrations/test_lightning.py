@@ -11,9 +11,9 @@ L = pytest.importorskip("lightning")
 
 from tests.integrations._tiny import AlertingSink  # noqa: E402
 from trainer_hooks.client import MemorySink  # noqa: E402
-from trainer_hooks.config import GPTConfig  # noqa: E402
 from trainer_hooks.integrations.lightning import StabmonCallback, lightning_config  # noqa: E402
-from trainer_hooks.model import GPT  # noqa: E402
+from trainer_hooks.lab.config import GPTConfig  # noqa: E402
+from trainer_hooks.lab.model import GPT  # noqa: E402
 
 
 class LitGPT(L.LightningModule):

@@ -11,10 +11,10 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from trainer_hooks.client import FanoutSink, MemorySink  # noqa: E402
-from trainer_hooks.config import GPTConfig  # noqa: E402
 from trainer_hooks.hooks import attach  # noqa: E402
 from trainer_hooks.integrations.tensorboard import TensorBoardSink  # noqa: E402
-from trainer_hooks.model import GPT  # noqa: E402
+from trainer_hooks.lab.config import GPTConfig  # noqa: E402
+from trainer_hooks.lab.model import GPT  # noqa: E402
 
 
 def _scalars(logdir) -> dict[str, list[tuple[int, float]]]:

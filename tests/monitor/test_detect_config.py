@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.detect import DetectorConfig
+from stabmon.detect import DetectorConfig
 
 
 def test_defaults_and_empty_overrides():

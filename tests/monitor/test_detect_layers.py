@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.detect import DetectorConfig
-from monitor.detect.layers import (
+from stabmon.detect import DetectorConfig
+from stabmon.detect.layers import (
     LayerError,
     canonical,
     dotted,

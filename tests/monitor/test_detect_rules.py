@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from monitor.detect import Detector, DetectorConfig, Finding
+from stabmon.detect import Detector, DetectorConfig, Finding
 
 
 def run(det: Detector, steps: list[tuple[int, dict[str, float]]]) -> list[list[Finding]]:

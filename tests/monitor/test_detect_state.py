@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.detect import Detector, DetectorConfig, DetectorState, replay
+from stabmon.detect import Detector, DetectorConfig, DetectorState, replay
 
 KEYS = [
     "loss",

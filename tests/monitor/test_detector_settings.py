@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.detect import DetectorConfig
-from monitor.detect.layers import LayerError
 from monitor.detector_settings import DetectorSettings
 from monitor.settings import Settings
+from stabmon.detect import DetectorConfig
+from stabmon.detect.layers import LayerError
 from stabmon.wire import RunCreate
 from tests.monitor.conftest import make_api
 

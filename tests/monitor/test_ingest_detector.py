@@ -2,7 +2,7 @@
 
 Most cases use a tiny test-only detector (``x`` above 1 is a warning, above 10 critical) so
 the alert semantics are checked independently of the real rules; the last ones run the real
-``monitor.detect`` detector end to end.
+``stabmon.detect`` detector end to end.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from monitor.server import settings_environment
 from monitor.settings import Settings
-from stabmon.cli import app
-from stabmon.cli.project import parse_assignments
+from stabmon_cli import app
+from stabmon_cli.project import parse_assignments
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from monitor.store import Store, migrate
 
 def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:  # noqa: ANN001
     return subprocess.run(
-        [sys.executable, "-m", "stabmon", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "stabmon_cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
     )
 
 

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from monitor.api import create_app
-from monitor.detect import Detector, DetectorState
 from monitor.settings import Settings
+from stabmon.detect import Detector, DetectorState
 from stabmon.wire import decode_value, encode_value
 
 KEYS = ["loss", "grad_norm", "layer.0.fc2.l2_mean", "layer.1.attn.logit_max", "layer.1.attn.entropy_mean"]

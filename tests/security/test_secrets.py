@@ -103,7 +103,7 @@ def test_non_loopback_bind_without_a_token_is_refused_with_the_reason(tmp_path, 
 
 
 def test_serve_cli_exits_with_the_reason(tmp_path):
-    cmd = [sys.executable, "-m", "stabmon", "serve", "--db", f"sqlite:///{tmp_path / 'x.db'}"]
+    cmd = [sys.executable, "-m", "stabmon_cli", "serve", "--db", f"sqlite:///{tmp_path / 'x.db'}"]
     cmd += ["--host", "0.0.0.0", "--port", "9"]
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2

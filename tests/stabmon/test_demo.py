@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from monitor.store import Store
-from stabmon.demo import DemoConfig, free_port, report_json, run_demo
+from stabmon_cli.demo_runner import DemoConfig, free_port, report_json, run_demo
 
 RUN_KEYS = {
     "variant", "lr", "run_id", "status", "diverged", "diverged_at", "first_alert_step", "lead_steps",
@@ -46,7 +46,7 @@ def test_demo_cli_json_on_tiny(tmp_path):
         [
             sys.executable,
             "-m",
-            "stabmon",
+            "stabmon_cli",
             "demo",
             "--json",
             "--preset",
@@ -143,7 +143,7 @@ def test_display_prints_a_resolution_as_such_not_as_a_new_alert():
     from rich.console import Console
     from rich.progress import Progress
 
-    from stabmon.cli.demo import _Display
+    from stabmon_cli.demo import _Display
 
     console = Console(record=True, width=200)
     display = _Display(Progress(console=console), console)
@@ -159,7 +159,7 @@ def test_display_prints_a_resolution_as_such_not_as_a_new_alert():
 def test_demo_db_takes_a_path_or_the_sqlite_url_serve_takes():
     import typer
 
-    from stabmon.cli.demo import demo_db_path
+    from stabmon_cli.demo import demo_db_path
 
     assert demo_db_path(".stabmon/demo.db") == Path(".stabmon/demo.db")
     assert demo_db_path("sqlite:////tmp/x/demo.db") == Path("/tmp/x/demo.db")

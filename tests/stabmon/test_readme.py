@@ -27,8 +27,8 @@ def test_training_loop_snippet_runs(tmp_path):
     import torch
 
     from trainer_hooks.client import JsonlSink, read_jsonl
-    from trainer_hooks.config import preset
-    from trainer_hooks.model import GPT
+    from trainer_hooks.lab.config import preset
+    from trainer_hooks.lab.model import GPT
 
     code = re.search(r"```python\n(.*?)```", _section("Use it in your training job"), flags=re.S).group(1)
     # Make the snippet's placeholders concrete: a tiny model, a file sink instead of a collector.

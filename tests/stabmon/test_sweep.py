@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from stabmon.cli.sweep import max_stable_lr
+from stabmon_cli.sweep import max_stable_lr
 from trainer_hooks.client import read_jsonl
-from trainer_hooks.sweep import RESULT_COLUMNS, Cell, SweepConfig, config_dict, load_detail, run_sweep
+from trainer_hooks.lab.sweep import RESULT_COLUMNS, Cell, SweepConfig, config_dict, load_detail, run_sweep
 
 STEPS = 6
 # Attention-logit bounds no real run stays under: the detector goes critical on the first step.
@@ -152,7 +152,7 @@ def test_cell_names_and_max_stable_lr():
 @pytest.mark.slow  # two spawned worker processes, each importing torch
 def test_cli_runs_two_cells_in_two_processes_and_resumes(tmp_path):
     cmd = [
-        sys.executable, "-m", "stabmon", "sweep", "--preset", "tiny", "--variants", "baseline,qkv_norm",
+        sys.executable, "-m", "stabmon_cli", "sweep", "--preset", "tiny", "--variants", "baseline,qkv_norm",
         "--lrs", "1e-2", "--seeds", "0", "--steps", "3", "--jobs", "2", "--out", str(tmp_path), "--no-plots",
         "--json",
     ]  # fmt: skip
@@ -168,7 +168,7 @@ def test_cli_runs_two_cells_in_two_processes_and_resumes(tmp_path):
 
 
 def test_cli_rejects_bad_grid(tmp_path):
-    cmd = [sys.executable, "-m", "stabmon", "sweep", "--lrs", "1e-2,abc", "--out", str(tmp_path)]
+    cmd = [sys.executable, "-m", "stabmon_cli", "sweep", "--lrs", "1e-2,abc", "--out", str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "--lrs" in res.stderr
 

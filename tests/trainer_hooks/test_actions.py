@@ -1,7 +1,7 @@
 """The closed loop (`trainer_hooks.actions`): alerts recorded from another thread act at the next
 step boundary; stop saves a checkpoint and ends the run; rollback restores a pre-warning
 checkpoint with a lower LR. The end-to-end case drives the policy with the real detector
-(`monitor.detect`, run in-process with the collector's alert semantics) on a tiny model whose
+(`stabmon.detect`, run in-process with the collector's alert semantics) on a tiny model whose
 baseline run diverges at a high learning rate."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from itertools import count
 import pytest
 import torch
 
-from monitor.detect import Detector
+from stabmon.detect import Detector
 from trainer_hooks.actions import AlertPolicy, PolicyConfig, policy_from
-from trainer_hooks.train import TrainConfig, Trainer, train
+from trainer_hooks.lab.train import TrainConfig, Trainer, train
 
 # A tiny baseline at peak LR 1.0, no clipping, a long warmup: fine for ~60 steps, then the
 # loss blows up as the LR ramps (diverged by stabmon.divergence at step ~70).

@@ -18,10 +18,10 @@ import sys
 import httpx
 import pytest
 
-from stabmon.demo import free_port, start_collector
+from stabmon_cli.demo_runner import free_port, start_collector
 from trainer_hooks.actions import AlertPolicy, PolicyConfig
-from trainer_hooks.remote import run_monitored
-from trainer_hooks.train import TrainConfig
+from trainer_hooks.lab.remote import run_monitored
+from trainer_hooks.lab.train import TrainConfig
 
 DIVERGING = dict(
     variant="baseline", preset="tiny", lr=1.0, warmup=100, steps=150, grad_clip=0.0, eval_every=0
@@ -129,7 +129,8 @@ def test_train_cli_on_alert_stop(collector, tmp_path):
     """`stabmon train --collector URL --token T --on-alert stop`: the job stops itself on the
     collector's critical alert and the run is closed as stopped."""
     cmd = [
-        sys.executable, "-m", "stabmon", "train", "--preset", "tiny", "--variant", "baseline", "--lr", "1.0",
+        sys.executable, "-m", "stabmon_cli", "train", "--preset", "tiny", "--variant", "baseline",
+        "--lr", "1.0",
         "--warmup", "100", "--steps", "150", "--grad-clip", "0", "--eval-every", "0", "--name", "cli-stop",
         "--collector", collector.url, "--token", collector.token, "--on-alert", "stop",
         "--out", str(tmp_path / "out"), "--json",
@@ -146,7 +147,18 @@ def test_train_cli_on_alert_stop(collector, tmp_path):
 
 def test_train_cli_rejects_on_alert_without_collector():
     proc = subprocess.run(
-        [sys.executable, "-m", "stabmon", "train", "--preset", "tiny", "--steps", "1", "--on-alert", "stop"],
+        [
+            sys.executable,
+            "-m",
+            "stabmon_cli",
+            "train",
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--on-alert",
+            "stop",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

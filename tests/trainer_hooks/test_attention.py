@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer_hooks.attention import AttentionProbe, CausalSelfAttention, SoftCap
-from trainer_hooks.config import VARIANTS, preset
+from trainer_hooks.lab.attention import AttentionProbe, CausalSelfAttention, SoftCap
+from trainer_hooks.lab.config import VARIANTS, preset
 
 UNCAPPED = [v for v, s in VARIANTS.items() if not s.softmax_cap]
 CAPPED = [v for v, s in VARIANTS.items() if s.softmax_cap]

@@ -4,9 +4,9 @@ norms, weights, the divergence verdict), and bad checkpoints fail clearly."""
 import pytest
 import torch
 
-from trainer_hooks.checkpoint import latest_checkpoint, load_state, save_state
-from trainer_hooks.data import stdlib_sources
-from trainer_hooks.train import TrainConfig, Trainer
+from trainer_hooks.lab.checkpoint import latest_checkpoint, load_state, save_state
+from trainer_hooks.lab.data import stdlib_sources
+from trainer_hooks.lab.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ KEYS = ("loss", "layer.0.fc2.l2_mean", "layer.1.attn.logit_max")
 def _serve(tmp_path, db: str, port: int) -> subprocess.Popen:
     log = open(tmp_path / f"collector-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "stabmon", "serve", "--db", db, "--port", str(port)]
+    cmd = [sys.executable, "-m", "stabmon_cli", "serve", "--db", db, "--port", str(port)]
     cmd += ["--log-level", "warning"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer_hooks import data as data_mod
-from trainer_hooks.data import ByteBatches, ByteCorpus, default_corpus, resolve_corpus
+from trainer_hooks.lab import data as data_mod
+from trainer_hooks.lab.data import ByteBatches, ByteCorpus, default_corpus, resolve_corpus
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from tests.trainer_hooks.test_hooks_support import gpt2, llama, nano, stabmon_gpt
-from trainer_hooks.config import VARIANTS
 from trainer_hooks.hooks import SiteRef, attach, build_plan, discover_sites
+from trainer_hooks.lab.config import VARIANTS
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -24,8 +24,8 @@ from tests.trainer_hooks.test_hooks_support import (
     stabmon_gpt,
     token_norms,
 )
-from trainer_hooks.config import VARIANTS
 from trainer_hooks.hooks import attach
+from trainer_hooks.lab.config import VARIANTS
 
 
 def _one_step(model, names, batches, **kw):
@@ -199,8 +199,8 @@ def test_probe_statistics_edge_cases():
 @pytest.mark.parametrize("scale", [1.0, 30.0, 300.0])
 @pytest.mark.parametrize("capped", [False, True])
 def test_entropy_from_logits_equals_the_direct_formula(scale, capped):
-    from trainer_hooks.attention import SoftCap
     from trainer_hooks.hooks.stats import entropy_from_logits, probe_logit_rows
+    from trainer_hooks.lab.attention import SoftCap
 
     T = 24
     future = torch.ones(T, T, dtype=torch.bool).triu(1)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer_hooks.config import preset
-from trainer_hooks.model import GPT
+from trainer_hooks.lab.config import preset
+from trainer_hooks.lab.model import GPT
 
 
 class NanoAttention(nn.Module):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainer_hooks.attention import AttentionProbe, SoftCap
-from trainer_hooks.config import PRESETS, VARIANTS, GPTConfig, preset, preset_defaults
-from trainer_hooks.model import GPT
+from trainer_hooks.lab.attention import AttentionProbe, SoftCap
+from trainer_hooks.lab.config import PRESETS, VARIANTS, GPTConfig, preset, preset_defaults
+from trainer_hooks.lab.model import GPT
 
 
 def _is_ln(m: nn.Module) -> bool:

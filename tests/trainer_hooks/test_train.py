@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from trainer_hooks.data import stdlib_sources
-from trainer_hooks.optim import lr_at, param_groups
-from trainer_hooks.train import TrainConfig, Trainer, train
+from trainer_hooks.lab.data import stdlib_sources
+from trainer_hooks.lab.optim import lr_at, param_groups
+from trainer_hooks.lab.train import TrainConfig, Trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_cli_train_json(corpus, tmp_path):
         [
             sys.executable,
             "-m",
-            "stabmon",
+            "stabmon_cli",
             "train",
             "--variant",
             "qk_norm_cap",
@@ -220,7 +220,7 @@ def test_cli_train_json(corpus, tmp_path):
 def test_cli_rejects_bad_options(corpus):
     from typer.testing import CliRunner
 
-    from stabmon.cli import app
+    from stabmon_cli import app
 
     runner = CliRunner()
     bad = runner.invoke(app, ["train", "--variant", "nope", "--preset", "tiny", "--data", corpus])

@@ -9,8 +9,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 from monitor.api.deps import DetectorSettingsDep, IngestDep, ProjectDep, StoreDep
 from monitor.api.schemas import RunDetectorOut, RunList
-from monitor.detect.layers import LayerError
 from monitor.store import NotFound
+from stabmon.detect.layers import LayerError
 from stabmon.wire import RunCreate, RunPublic, RunStatus, RunUpdate
 
 RUN_ID = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The run's id.")]

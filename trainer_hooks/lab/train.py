@@ -1,0 +1,391 @@
+"""The training loop as a library: `TrainConfig`, `Trainer`, and `train(cfg, sink, callbacks)`.
+
+`Trainer` owns the model, AdamW, the seeded batch sampler and the run's history; `step()` does
+one optimizer step and returns a `StepInfo`, `evaluate()` scores the fixed validation batches,
+`save_checkpoint`/`load_checkpoint` resume a run exactly, and `run()` loops, evaluating,
+checkpointing, tracking divergence (`stabmon.divergence`, the project's single definition) and
+calling each callback after every step; a callback returning ``"stop"`` ends the run.
+``lr_scale`` multiplies the scheduled LR (rollback-on-alert lowers it after restoring a
+checkpoint). `train()` builds a trainer, optionally attaches stabmon monitoring to a sink, runs
+it and returns a JSON-friendly `TrainResult`. On CPU, the same config and seed give the same
+loss sequence; on CUDA the forward pass runs under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stabmon.divergence import DivergenceConfig, DivergenceTracker
+from trainer_hooks.lab import checkpoint
+from trainer_hooks.lab.config import preset, preset_defaults
+from trainer_hooks.lab.data import ByteBatches, ByteCorpus
+from trainer_hooks.lab.model import GPT
+from trainer_hooks.lab.optim import lr_at, make_optimizer, set_lr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Fields left at None take the preset's `TrainDefaults`."""
+
+    variant: str = "baseline"
+    preset: str = "small"
+    lr: float | None = None
+    """Peak learning rate."""
+    steps: int | None = None
+    warmup: int | None = None
+    min_lr_ratio: float = 0.1
+    """The cosine decays to ``lr * min_lr_ratio``."""
+    batch_size: int | None = None
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    """Clip the global grad norm to this; 0 disables clipping (the norm is reported either way)."""
+    seed: int = 0
+    data: str | None = None
+    """A text file or directory; None uses the built-in standard-library corpus."""
+    out: str | None = None
+    """Directory for checkpoints and ``result.json``; None writes nothing."""
+    eval_every: int | None = None
+    """Evaluate every this many steps (0: only at the end)."""
+    eval_batches: int | None = None
+    checkpoint_every: int = 0
+    """Save ``out/step_{n}.pt`` every this many steps (0: only at the end, when ``out`` is set)."""
+    monitor_every: int = 1
+    """Record activation statistics every this many steps when monitoring is attached."""
+    stop_on_divergence: bool = False
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    plateau_from_data: bool = True
+    """Fill ``divergence.plateau_loss`` (when unset) with the corpus's byte-unigram entropy, so a
+    run stalled on that plateau counts as diverged (rule 4 of `stabmon.divergence`)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``..."""
+    threads: int | None = None
+    """torch intra-op threads; None leaves torch's setting alone."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """`GPTConfig` overrides, e.g. ``{"softmax_cap": 30.0, "n_layer": 2}``."""
+    name: str | None = None
+
+    def resolved(self) -> TrainConfig:
+        """A copy with the preset defaults filled in, validated."""
+        defaults = preset_defaults(self.preset)
+        filled = {
+            f.name: getattr(defaults, f.name) for f in fields(defaults) if getattr(self, f.name, None) is None
+        }
+        cfg = replace(self, **filled)
+        if cfg.steps < 1 or cfg.batch_size < 1 or cfg.eval_batches < 1:
+            raise ValueError("steps, batch_size and eval_batches must be >= 1")
+        if cfg.lr <= 0 or cfg.warmup < 0 or cfg.grad_clip < 0 or cfg.eval_every < 0:
+            raise ValueError("lr must be > 0; warmup, grad_clip and eval_every must be >= 0")
+        if cfg.monitor_every < 1 or cfg.checkpoint_every < 0:
+            raise ValueError("monitor_every must be >= 1 and checkpoint_every >= 0")
+        preset(cfg.preset, variant=cfg.variant, **cfg.model)  # validates the model settings
+        if cfg.name is None:
+            cfg.name = f"{cfg.variant}-lr{cfg.lr:g}-s{cfg.seed}"
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StepInfo:
+    step: int
+    """0-based index of the optimizer step just taken (an index into the loss history)."""
+    loss: float
+    lr: float
+    grad_norm: float
+    """Global grad norm before clipping."""
+    tokens_per_s: float
+    trainer: Trainer
+    val_loss: float | None = None
+    """Set on steps after which an evaluation ran."""
+
+
+Callback = Callable[[StepInfo], Any]
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _json_number(x: float | None) -> float | str | None:
+    """JSON has no NaN/inf: keep them as the wire's strings."""
+    if x is None or math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def perplexity(loss: float) -> float:
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+@dataclass
+class TrainResult:
+    name: str
+    variant: str
+    preset: str
+    lr: float
+    seed: int
+    steps: int
+    steps_run: int
+    final_loss: float
+    min_loss: float
+    val_loss: float | None
+    val_ppl: float | None
+    diverged: bool
+    diverged_at: int | None
+    divergence_reason: str
+    stopped_by: str | None
+    """``divergence``, ``callback`` or None when the run completed its steps."""
+    tokens_per_s: float
+    wall_s: float
+    num_params: int
+    plateau_loss: float | None
+    """The unigram plateau the divergence verdict used: ``find_divergence(losses,
+    DivergenceConfig(plateau_loss=plateau_loss))`` reproduces ``diverged``/``diverged_at``."""
+    losses: list[float] = field(repr=False, default_factory=list)
+    grad_norms: list[float] = field(repr=False, default_factory=list)
+    val_history: list[tuple[int, float]] = field(repr=False, default_factory=list)
+
+    def to_dict(self, history: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not history:
+            for k in ("losses", "grad_norms", "val_history"):
+                d.pop(k)
+        for k, v in d.items():
+            if isinstance(v, float):
+                d[k] = _json_number(v)
+        for k in ("losses", "grad_norms"):
+            if k in d:
+                d[k] = [_json_number(v) for v in d[k]]
+        if "val_history" in d:
+            d["val_history"] = [[s, _json_number(v)] for s, v in d["val_history"]]
+        return d
+
+    def to_json(self, history: bool = False) -> str:
+        """Valid JSON (non-finite numbers as "nan"/"inf"/"-inf" strings)."""
+        return json.dumps(self.to_dict(history), allow_nan=False)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> None:
+        self.cfg = cfg = cfg.resolved()
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        self.device = _device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(preset(cfg.preset, variant=cfg.variant, **cfg.model)).to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, device_type=self.device.type)
+        self.corpus = ByteCorpus(cfg.data, self.model.config.block_size)
+        self.batches = ByteBatches(self.corpus, cfg.batch_size, cfg.seed, self.device)
+        self.callbacks: list[Callback] = list(callbacks)
+        if cfg.plateau_from_data and cfg.divergence.plateau_loss is None:
+            cfg.divergence = replace(cfg.divergence, plateau_loss=self.corpus.unigram_entropy())
+        self.tracker = DivergenceTracker(cfg.divergence)
+        self.lr_scale = 1.0
+        self.step_num = 0
+        self.losses: list[float] = []
+        self.grad_norms: list[float] = []
+        self.lrs: list[float] = []
+        self.val_history: list[tuple[int, float]] = []
+        self.stopped_by: str | None = None
+        self._tokens_per_step = cfg.batch_size * self.model.config.block_size
+        self._train_time = 0.0
+
+    def _amp(self):
+        # bf16 autocast on CUDA; disabled on CPU, which keeps CPU runs exact.
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    @property
+    def current_lr(self) -> float:
+        c = self.cfg
+        return lr_at(self.step_num, c.lr, c.warmup, c.steps, c.lr * c.min_lr_ratio) * self.lr_scale
+
+    def step(self) -> StepInfo:
+        """One optimizer step on the next training batch."""
+        t0 = time.perf_counter()
+        self.model.train()
+        lr = self.current_lr
+        set_lr(self.optimizer, lr)
+        x, y = self.batches.next()
+        with self._amp():
+            _, loss = self.model(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.optimizer.step()
+        loss_value, grad_norm_value = loss.item(), grad_norm.item()  # one host sync per step
+        dt = time.perf_counter() - t0
+        self._train_time += dt
+        step = self.step_num
+        self.step_num += 1
+        self.losses.append(loss_value)
+        self.grad_norms.append(grad_norm_value)
+        self.lrs.append(lr)
+        return StepInfo(step, loss_value, lr, grad_norm_value, self._tokens_per_step / max(dt, 1e-9), self)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation batches (NaN if the model produces NaN)."""
+        was_training = self.model.training
+        self.model.eval()
+        total = 0.0
+        batches = self.batches.val_batches(self.cfg.eval_batches)
+        for x, y in batches:
+            with self._amp():
+                _, loss = self.model(x, y)
+            total += loss.item()
+        self.model.train(was_training)
+        val = total / len(batches)
+        self.val_history.append((self.step_num, val))
+        return val
+
+    def training_state(self) -> dict:
+        """Everything needed to continue exactly here (model, optimizer, sampler, RNG, history).
+        Its tensors alias the live ones: deep-copy it to keep it in memory."""
+        return checkpoint.trainer_state(self)
+
+    def restore_training_state(self, state: dict) -> None:
+        """Continue from ``state`` (from :meth:`training_state` or :meth:`read_checkpoint`)."""
+        checkpoint.restore_trainer(self, state)
+
+    def read_checkpoint(self, path: str | Path) -> dict:
+        return checkpoint.load_state(path, map_location=self.device)
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        return checkpoint.save_state(path, self.training_state())
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        self.restore_training_state(self.read_checkpoint(path))
+
+    @property
+    def divergence(self):
+        return self.tracker.result
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.step_num % every == 0
+
+    def run(self) -> TrainResult:
+        """Train until ``steps``, a divergence (with ``stop_on_divergence``) or a callback's ``"stop"``."""
+        cfg = self.cfg
+        out = Path(cfg.out) if cfg.out else None
+        t0 = time.perf_counter()
+        while self.step_num < cfg.steps:
+            info = self.step()
+            if self._due(cfg.eval_every) or self.step_num == cfg.steps:
+                info.val_loss = self.evaluate()
+            if out is not None and self._due(cfg.checkpoint_every) and self.step_num < cfg.steps:
+                self.save_checkpoint(out / f"step_{self.step_num}.pt")
+            diverged = self.tracker.update(info.loss) is not None
+            stop = False
+            for cb in self.callbacks:
+                if cb(info) == "stop":
+                    stop, self.stopped_by = True, "callback"
+            if diverged and cfg.stop_on_divergence and self.stopped_by is None:
+                stop, self.stopped_by = True, "divergence"
+            if stop:
+                break
+        if self.stopped_by is not None and (not self.val_history or self.val_history[-1][0] != self.step_num):
+            self.evaluate()
+        result = self.result(time.perf_counter() - t0)
+        if out is not None:
+            self.save_checkpoint(out / f"step_{self.step_num}.pt")
+            (out / "result.json").write_text(result.to_json(history=True))
+        return result
+
+    def result(self, wall_s: float = 0.0) -> TrainResult:
+        cfg = self.cfg
+        finite = [v for v in self.losses if math.isfinite(v)]
+        val = self.val_history[-1][1] if self.val_history else None
+        div = self.tracker.result
+        return TrainResult(
+            name=cfg.name,
+            variant=cfg.variant,
+            preset=cfg.preset,
+            lr=cfg.lr,
+            seed=cfg.seed,
+            steps=cfg.steps,
+            steps_run=self.step_num,
+            final_loss=self.losses[-1] if self.losses else math.nan,
+            min_loss=min(finite) if finite else math.nan,
+            val_loss=val,
+            val_ppl=perplexity(val) if val is not None and not math.isnan(val) else val,
+            diverged=div is not None,
+            diverged_at=div.step if div else None,
+            divergence_reason=div.reason if div else "",
+            stopped_by=self.stopped_by,
+            tokens_per_s=self._tokens_per_step * self.step_num / self._train_time
+            if self._train_time
+            else 0.0,
+            wall_s=wall_s,
+            num_params=self.model.num_params(),
+            plateau_loss=cfg.divergence.plateau_loss,
+            losses=list(self.losses),
+            grad_norms=list(self.grad_norms),
+            val_history=list(self.val_history),
+        )
+
+
+def _monitor_callback(mon) -> Callback:
+    """Forward each step to the monitor; a monitoring failure is logged once, never raised."""
+    failed = False
+
+    def callback(info: StepInfo) -> None:
+        nonlocal failed
+        extra = {"val_loss": info.val_loss} if info.val_loss is not None else {}
+        try:
+            mon.step(
+                loss=info.loss, lr=info.lr, grad_norm=info.grad_norm, tokens_per_s=info.tokens_per_s, **extra
+            )
+        except Exception:
+            if not failed:
+                log.exception("monitoring failed; training continues without it")
+            failed = True
+
+    return callback
+
+
+def train(
+    cfg: TrainConfig, sink=None, callbacks: Iterable[Callback] = (), resume: str | Path | None = None
+) -> TrainResult:
+    """Run ``cfg``; with a ``sink``, stream activation statistics to it via stabmon's hooks."""
+    trainer = Trainer(cfg, callbacks)
+    if resume is not None:
+        trainer.load_checkpoint(resume)
+    if sink is None:
+        return trainer.run()
+    from trainer_hooks.hooks import attach
+
+    mon = attach(
+        trainer.model,
+        sink=sink,
+        every=trainer.cfg.monitor_every,
+        optimizer=trainer.optimizer,
+        start_step=trainer.step_num,
+    )
+    trainer.callbacks.insert(0, _monitor_callback(mon))
+    try:
+        return trainer.run()
+    finally:
+        mon.remove()
+        sink.close()

@@ -8,8 +8,6 @@ if someone sets it, and otherwise from :class:`monitor.settings.Settings` (``STA
 
 from alembic import context
 
-import monitor.alerts.outbox_sql  # noqa: F401  (adds the alert_outbox table to the metadata)
-import monitor.alerts.sql  # noqa: F401  (adds the alert_deliveries table to the metadata)
 from monitor.settings import Settings
 from monitor.store.engine import make_engine
 from monitor.store.models import metadata

@@ -15,13 +15,16 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from monitor.alerts.settings import WebhookSettings
+
 DEFAULT_DB_DIR = Path(".stabmon")
 DEFAULT_DB_URL = f"sqlite:///{DEFAULT_DB_DIR / 'stabmon.db'}"
 DEFAULT_INGEST_SLOTS = 3
 
 
-class Settings(BaseSettings):
-    """Every knob of the collector; each field reads ``STABMON_<NAME>`` from the environment."""
+class Settings(BaseSettings, WebhookSettings):
+    """Every knob of the collector; each field reads ``STABMON_<NAME>`` from the environment.
+    The webhook fields (``webhook_urls``, ``public_url``, ...) come from :class:`WebhookSettings`."""
 
     model_config = SettingsConfigDict(env_prefix="STABMON_", extra="ignore")
 

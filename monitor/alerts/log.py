@@ -1,7 +1,7 @@
 """The delivery log: one record per attempt to deliver one alert event to one webhook.
 
 The dispatcher writes through the small :class:`DeliveryLog` protocol, so it does not care
-whether attempts land in SQL (:class:`monitor.alerts.sql.SqlDeliveryLog`, the collector's
+whether attempts land in SQL (:class:`monitor.store.deliveries.SqlDeliveryLog`, the collector's
 table ``alert_deliveries``) or in memory (:class:`MemoryDeliveryLog`, for tests and for a
 dispatcher without a database). The log is also the dispatcher's memory across restarts: an
 event already delivered to a target is not sent again.

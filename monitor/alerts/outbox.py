@@ -5,7 +5,7 @@ schedules it and leaves when it ends (delivered, or failed for good); a retry re
 next attempt number and due time. What is in the outbox when the collector stops (retries
 backing off, deliveries not yet tried, an attempt cut short) is therefore still there when it
 starts again, and the new dispatcher resumes each delivery where it stopped: same attempt
-count, same due time, same payload. :class:`~monitor.alerts.outbox_sql.SqlOutbox` keeps it in
+count, same due time, same payload. :class:`~monitor.store.outbox.SqlOutbox` keeps it in
 the collector's database (table ``alert_outbox``); :class:`MemoryOutbox` in memory (tests, or a
 dispatcher without a database, where nothing survives a restart).
 

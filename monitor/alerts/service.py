@@ -1,11 +1,10 @@
-"""Plugging alert delivery into a collector app: one call at build time, one at shutdown.
+"""The ingest service's notifier: an :class:`~monitor.alerts.AlertDispatcher` started lazily.
 
-:func:`install_alerts` builds the :class:`~monitor.alerts.AlertDispatcher` on the app's store
-(delivery log and outbox in SQL), mounts the delivery-log routes and returns the dispatcher,
-which the ingest service uses as its notifier. The dispatcher's threads start with the first
-alert, so an app that never alerts runs no extra threads, or at start-up when
-:func:`resume_alerts` finds deliveries a previous run of the collector still owed (retries
-backing off when it stopped or crashed); :func:`stop_alerts` ends them at shutdown.
+The app factory (:func:`monitor.api.create_app`) builds one on the store's delivery log and
+outbox. The dispatcher's threads start with the first alert, so an app that never alerts runs
+no extra threads, or at start-up when :meth:`LazyDispatcher.resume` finds deliveries a previous
+run of the collector still owed (retries backing off when it stopped or crashed);
+:meth:`LazyDispatcher.stop` ends them at shutdown.
 """
 
 from __future__ import annotations
@@ -14,13 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fastapi import FastAPI
-
 from monitor.alerts.dispatcher import AlertDispatcher
-from monitor.alerts.outbox_sql import SqlOutbox
-from monitor.alerts.settings import WebhookSettings
-from monitor.alerts.sql import SqlDeliveryLog
-from monitor.store import Store
 
 log = logging.getLogger("stabmon.alerts")
 
@@ -57,32 +50,3 @@ class LazyDispatcher:
         if self._started:
             self.dispatcher.stop(timeout=timeout)
             self._started = False
-
-
-def install_alerts(app: FastAPI, store: Store, settings: WebhookSettings | None = None) -> LazyDispatcher:
-    """Mount the delivery-log routes on ``app`` and return its webhook notifier."""
-    # Imported here: the routes need monitor.api's dependencies, and monitor.api imports us.
-    from monitor.alerts.routes import router
-
-    settings = settings or WebhookSettings()
-    notifier = LazyDispatcher(AlertDispatcher(settings, SqlDeliveryLog(store), outbox=SqlOutbox(store)))
-    app.include_router(router)
-    app.state.alerts = notifier
-    targets = settings.global_targets()
-    if targets:
-        log.info("alert webhooks for every run: %s", ", ".join(t.display_url for t in targets))
-    return notifier
-
-
-def resume_alerts(app: FastAPI) -> None:
-    """At start-up: resume the webhook deliveries the outbox holds (see :class:`LazyDispatcher`)."""
-    notifier = getattr(app.state, "alerts", None)
-    if notifier is not None:
-        notifier.resume()
-
-
-def stop_alerts(app: FastAPI, timeout: float = 2.0) -> None:
-    """Deliver what is due within ``timeout`` and stop the dispatcher's threads."""
-    notifier = getattr(app.state, "alerts", None)
-    if notifier is not None:
-        notifier.stop(timeout)

@@ -1,20 +1,18 @@
-"""Settings of alert delivery (environment prefix ``STABMON_``, like the collector's own).
-
-They live in their own pydantic-settings class so the dispatcher can be built and tested
-without the whole collector configuration; the variables share the collector's prefix, so a
-deployment sets them in the same place (``STABMON_WEBHOOK_URLS``, ``STABMON_PUBLIC_URL``, ...).
+"""Settings of alert delivery: the webhook fields of the collector's one
+:class:`~monitor.settings.Settings` (which inherits them, so they read ``STABMON_WEBHOOK_URLS``,
+``STABMON_PUBLIC_URL``, ... with the rest). A plain model here, so the dispatcher can be built
+and tested without the whole collector configuration.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monitor.alerts.targets import WebhookTarget, parse_url_list
 
 
-class WebhookSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STABMON_", extra="ignore")
+class WebhookSettings(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
     webhook_urls: str | None = None
     """Targets notified for every run: a JSON list (URL strings or ``{"url", "format",

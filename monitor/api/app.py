@@ -14,10 +14,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from dashboard import mount as mount_dashboard
-from monitor.alerts.service import install_alerts, resume_alerts, stop_alerts
+from monitor.alerts import AlertDispatcher
+from monitor.alerts.service import LazyDispatcher
 from monitor.api.admission import IngestGate
 from monitor.api.errors import BodyLimitMiddleware, document_error_shapes, install_error_handlers
-from monitor.api.routes import alerts, health, points, project, runs, series
+from monitor.api.routes import alerts, deliveries, health, points, project, runs, series
 from monitor.detector_settings import DetectorSettings
 from monitor.ingest import DetectorFactory, IngestService, Notifier
 from monitor.metrics import AppMetrics, TimingMiddleware
@@ -36,6 +37,15 @@ def prepare_database(settings: Settings) -> None:
     """Migrate to head (``settings.should_migrate_on_start``) or check that the schema is at
     head, raising :class:`SchemaNotReady` with the command to run."""
     migrate.prepare(settings.db, apply=settings.should_migrate_on_start)
+
+
+def build_notifier(store: Store, settings: Settings) -> LazyDispatcher:
+    """The webhook notifier of an app: a dispatcher on the store's delivery log and outbox,
+    started with the first alert (or at start-up, for deliveries still owed)."""
+    targets = settings.global_targets()
+    if targets:
+        log.info("alert webhooks for every run: %s", ", ".join(t.display_url for t in targets))
+    return LazyDispatcher(AlertDispatcher(settings, store.deliveries, outbox=store.outbox))
 
 
 def create_app(
@@ -61,9 +71,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # noqa: ANN202
-        resume_alerts(_app)  # webhook retries still owed from before a restart
+        webhooks.resume()  # webhook retries still owed from before a restart
         yield
-        stop_alerts(_app)
+        webhooks.stop()
         if owns_store:
             store.dispose()
 
@@ -77,13 +87,14 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.metrics = metrics
-    webhooks = install_alerts(app, store)  # delivery-log routes + the default notifier (webhooks)
+    webhooks = build_notifier(store, settings)
+    app.state.alerts = webhooks
     app.state.ingest = IngestService(store, detectors, notifier or webhooks)
     app.state.detector_settings = DetectorSettings(store, settings.detector)
     app.state.ingest_gate = IngestGate(
         settings.resolved_ingest_slots, settings.ingest_queue_bytes, settings.ingest_wait_s
     )
-    for module in (runs, points, series, alerts, project, health):
+    for module in (runs, points, series, alerts, deliveries, project, health):
         app.include_router(module.router)
     install_error_handlers(app, metrics, settings.retry_after_s)
     document_error_shapes(app)

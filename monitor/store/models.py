@@ -209,4 +209,57 @@ run_state = Table(
 )
 
 # Used by tests and `truncate`: children before parents.
-ALL_TABLES = (run_state, alerts, ingest_batches, latest, rollups, points, series, runs, tokens, projects)
+# Webhook delivery (monitor.alerts): one row per attempt to deliver one alert event to one
+# webhook (revision 0002). URLs are stored redacted; ``target_id`` (a fingerprint of the full
+# URL) says which rows share a receiver; ``run_id`` is the run's internal key.
+alert_deliveries = Table(
+    "alert_deliveries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("alert_id", BigId, ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False),
+    Column("run_id", String(64), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("event", String(16), nullable=False),
+    Column("target_id", String(16), nullable=False),
+    Column("url", String(500), nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("duration_ms", Float, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Index("ix_alert_deliveries_alert_id", "alert_id", "id"),
+    Index("ix_alert_deliveries_run_id", "run_id", "id"),
+)
+
+
+# The deliveries the dispatcher still owes (revision 0007), keyed by (alert_id, event,
+# target_id); the payload as built (never the run's webhooks), the URL not at all.
+alert_outbox = Table(
+    "alert_outbox",
+    metadata,
+    Column("alert_id", BigId, ForeignKey("alerts.id", ondelete="CASCADE"), primary_key=True),
+    Column("event", String(16), primary_key=True),
+    Column("target_id", String(16), primary_key=True),
+    Column("owner", String(32), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("due_at", TS, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", TS, nullable=False),
+)
+
+
+ALL_TABLES = (
+    alert_outbox,
+    alert_deliveries,
+    run_state,
+    alerts,
+    ingest_batches,
+    latest,
+    rollups,
+    points,
+    series,
+    runs,
+    tokens,
+    projects,
+)

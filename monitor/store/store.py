@@ -2,7 +2,8 @@
 
 Routes and services call its methods and never hold SQL. The backend is chosen by URL
 (``sqlite:///...`` or ``postgresql+psycopg://...``); the methods are grouped by concept in
-mixins (runs, projects, tokens, points, series, alerts). Every method runs in its own transaction;
+mixins (runs, projects, tokens, points, series, alerts), plus the webhook delivery log and
+outbox (:attr:`Store.deliveries`, :attr:`Store.outbox`). Every method runs in its own transaction;
 writes on SQLite take the write lock up front (see :mod:`monitor.store.engine`).
 """
 
@@ -18,7 +19,9 @@ from sqlalchemy import Connection, and_, select, text
 from monitor.store import models as m
 from monitor.store.alerts import AlertsMixin
 from monitor.store.codec import from_db, utcnow
+from monitor.store.deliveries import SqlDeliveryLog
 from monitor.store.engine import WRITE_OPTION, make_engine
+from monitor.store.outbox import SqlOutbox
 from monitor.store.points import PointsMixin
 from monitor.store.projects import ProjectsMixin
 from monitor.store.runs import RunsMixin
@@ -63,6 +66,10 @@ class Store(RunsMixin, ProjectsMixin, TokensMixin, PointsMixin, SeriesMixin, Ale
         self.dialect = self.engine.dialect.name
         self.max_series_per_run = max_series_per_run
         """Distinct series keys one run may have; a batch adding more is refused whole."""
+        self.deliveries = SqlDeliveryLog(self)
+        """The webhook delivery log (``alert_deliveries``)."""
+        self.outbox = SqlOutbox(self)
+        """The webhook deliveries still owed (``alert_outbox``), resumed after a restart."""
 
     # -- transactions ----------------------------------------------------------------------
     @contextmanager

@@ -17,7 +17,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from monitor.alerts.service import stop_alerts
 from monitor.api import create_app
 from monitor.settings import Settings
 from monitor.store import Store, migrate
@@ -120,20 +119,21 @@ def _stop_alert_threads(monkeypatch) -> Iterator[None]:
     """Stop the webhook dispatcher of every app a test builds. Tests' TestClients are rarely
     entered as context managers, so the lifespan that stops it never runs, and a dispatcher
     left running keeps writing its outbox: the next test's TRUNCATE can then deadlock with it
-    on PostgreSQL. Every app goes through ``install_alerts``, so that is where they are seen."""
+    on PostgreSQL. Every app builds its notifier with ``build_notifier``, so that is where they
+    are seen."""
     from monitor.api import app as app_module
 
-    apps = []
-    install = app_module.install_alerts
+    notifiers = []
+    build = app_module.build_notifier
 
-    def recording(app, *args, **kwargs):  # noqa: ANN001, ANN202
-        apps.append(app)
-        return install(app, *args, **kwargs)
+    def recording(*args, **kwargs):  # noqa: ANN202
+        notifiers.append(build(*args, **kwargs))
+        return notifiers[-1]
 
-    monkeypatch.setattr(app_module, "install_alerts", recording)
+    monkeypatch.setattr(app_module, "build_notifier", recording)
     yield
-    for app in apps:
-        stop_alerts(app, timeout=0.5)
+    for notifier in notifiers:
+        notifier.stop(timeout=0.5)
 
 
 def make_api(store: Store, **kwargs) -> Api:

@@ -10,7 +10,6 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from monitor.alerts.service import stop_alerts
 from monitor.api import create_app
 from monitor.settings import Settings
 from tests.monitor._alerts_receiver import Receiver
@@ -97,7 +96,7 @@ def test_alert_reaches_json_and_slack_webhooks_and_the_delivery_log(store, monke
         assert client.get(url, headers={"Authorization": f"Bearer {other}"}).status_code == 404
         assert client.get("/api/v1/runs/r1/alerts/999999/deliveries").status_code == 404
         assert client.get("/api/v1/runs/nope/deliveries").status_code == 404
-        stop_alerts(client.app)
+        client.app.state.alerts.stop()
     assert len(flaky.requests) == 3 and len(slack.requests) == 2
 
 
@@ -118,7 +117,7 @@ def test_a_hanging_webhook_does_not_slow_ingest(store, monkeypatch, request):
     n = 15
     client, _, _ = make_client(store, monkeypatch, None)
     base = _ingest_latencies(client, "plain", n)
-    stop_alerts(client.app)
+    client.app.state.alerts.stop()
 
     with Receiver(hang=30) as stuck:
         client, _, _ = make_client(store, monkeypatch, stuck.url, webhook_timeout_s=20)
@@ -126,7 +125,7 @@ def test_a_hanging_webhook_does_not_slow_ingest(store, monkeypatch, request):
         assert stuck.wait_for(1), "the dispatcher never reached the hanging webhook"
         stats = client.app.state.alerts.dispatcher.stats
         assert wait_until(lambda: stats["events"] >= 2 * n), stats  # each batch: opened + resolved
-        stop_alerts(client.app, timeout=0.1)
+        client.app.state.alerts.stop(timeout=0.1)
 
     med_base, med_hung = statistics.median(base), statistics.median(hung)
     backend = request.node.callspec.params.get("backend_url", "?")

@@ -12,7 +12,6 @@ from datetime import datetime, timedelta, timezone
 
 from monitor.alerts import AlertDispatcher, DeliveryAttempt, MemoryDeliveryLog, WebhookSettings
 from monitor.alerts.outbox import MemoryOutbox, PendingDelivery, reconcile
-from monitor.alerts.outbox_sql import SqlOutbox
 from tests.faults._collector import wait_until
 from tests.monitor._alerts_receiver import Receiver
 from tests.monitor.conftest import make_api
@@ -170,7 +169,7 @@ def test_sql_outbox_put_claim_owns_remove(store):
     api.post_points("r1", "b1", [{"step": s, "values": {"loss": 2.0}} for s in range(5)])
     answer = api.post_points("r1", "b2", [{"step": 5, "values": {"loss": "nan"}}]).json()
     alert_id = answer["alerts"][0]["id"]
-    box = SqlOutbox(store)
+    box = store.outbox
     due = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=30)
     p = PendingDelivery(alert_id, "r1", "opened", "t1", 1, due, {"event": "opened", "nested": {"k": [1, 2]}})
     box.put(p, "a")

@@ -159,7 +159,6 @@ def test_run_ids_migration_on_a_populated_database(fresh_url):
     downgrade refuses while two projects share an id, and otherwise puts the runs registered
     since 0005 back under their own id with all their rows."""
     from monitor.alerts.log import DeliveryAttempt
-    from monitor.alerts.sql import SqlDeliveryLog
     from monitor.ingest import IngestService
     from monitor.store import Store
     from stabmon.wire import Point, PointsIn, RunCreate
@@ -175,7 +174,7 @@ def test_run_ids_migration_on_a_populated_database(fresh_url):
         assert store.series(1, "old-run", ["loss"]).series["loss"].last == [3.0, 2.0, 1.0]
         assert store.latest(1, "old-run") == {"loss": (2, 1.0)}
         assert [a.run_id for a in store.list_alerts(1, "old-run")] == ["old-run"]
-        assert [d.run_id for d in SqlDeliveryLog(store).list(1, "old-run")] == ["old-run"]
+        assert [d.run_id for d in store.deliveries.list(1, "old-run")] == ["old-run"]
         assert store.write_points(1, "old-run", "b0", [Point(step=3, values={"loss": 0.5})]).duplicate
         # Another project takes the same id; a run registered now gets a generated internal key.
         _, created = store.create_run(2, RunCreate(id="old-run", name="beta's"))
@@ -185,10 +184,10 @@ def test_run_ids_migration_on_a_populated_database(fresh_url):
             batch_id="n0", points=[Point(step=0, values={"loss": 9.0}), Point(step=1, values={"loss": "nan"})]
         )
         (alert,) = IngestService(store).ingest(1, "new-run", batch).alerts  # rows in every child table
-        SqlDeliveryLog(store).record(
+        store.deliveries.record(
             DeliveryAttempt(alert.id, "new-run", "opened", "t", "http://x", "json", 1, "delivered", 200)
         )
-        assert [d.run_id for d in SqlDeliveryLog(store).list(1, "new-run")] == ["new-run"]
+        assert [d.run_id for d in store.deliveries.list(1, "new-run")] == ["new-run"]
         assert store.series(2, "old-run", ["loss"]).series["loss"].last == []
 
         with pytest.raises(RuntimeError, match="used by more than one project.*'old-run'"):

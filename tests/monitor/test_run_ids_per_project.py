@@ -14,7 +14,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, func, select
 
-from monitor.alerts.service import stop_alerts
 from monitor.api import create_app
 from monitor.settings import Settings
 from monitor.store import models as m
@@ -50,7 +49,7 @@ def two(store, monkeypatch):  # noqa: ANN001, ANN201
             token, _ = store.create_token(project)
             clients[project] = TestClient(app, headers={"Authorization": f"Bearer {token}"})
         yield clients, hook
-        stop_alerts(app)
+        app.state.alerts.stop()
 
 
 def _register(clients: dict) -> None:

@@ -1,51 +1,27 @@
-"""The delivery log in SQL: the ``alert_deliveries`` table and :class:`SqlDeliveryLog`.
+"""The webhook delivery log in SQL: :class:`SqlDeliveryLog`, over the ``alert_deliveries`` table
+of :mod:`monitor.store.models`.
 
-The table hangs off the collector's metadata (same naming convention, same Alembic history:
-revision ``0002_alert_deliveries``), one row per attempt to deliver one alert event to one
-webhook. Rows go when their alert or run is deleted (``ON DELETE CASCADE``). URLs are stored
-redacted; ``target_id`` (a fingerprint of the full URL) says which rows share a receiver.
-Sender threads write here, never the ingest path. ``run_id`` holds the run's internal key, taken
-from the alert's row; attempts read back carry the run's external id, like the rest of the API.
+One row per attempt to deliver one alert event to one webhook; rows go when their alert or run
+is deleted (``ON DELETE CASCADE``). Sender threads write here, never the ingest path. Rows
+reference the run's internal key, taken from the alert's row; attempts read back carry the
+run's external id, like the rest of the API.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import (
-    Column,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-    select,
-)
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
 
 from monitor.alerts.log import DeliveryAttempt
-from monitor.store import NotFound, Store
 from monitor.store import models as m
 from monitor.store.codec import aware
+from monitor.store.errors import NotFound
 
-alert_deliveries = Table(
-    "alert_deliveries",
-    m.metadata,
-    Column("id", m.BigId, primary_key=True, autoincrement=True),
-    Column("alert_id", m.BigId, ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False),
-    Column("run_id", String(64), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
-    Column("event", String(16), nullable=False),
-    Column("target_id", String(16), nullable=False),
-    Column("url", String(500), nullable=False),
-    Column("format", String(16), nullable=False),
-    Column("attempt", Integer, nullable=False),
-    Column("outcome", String(16), nullable=False),
-    Column("status_code", Integer, nullable=True),
-    Column("error", Text, nullable=True),
-    Column("duration_ms", Float, nullable=False),
-    Column("created_at", m.TS, nullable=False),
-    Index("ix_alert_deliveries_alert_id", "alert_id", "id"),
-    Index("ix_alert_deliveries_run_id", "run_id", "id"),
-)
+if TYPE_CHECKING:
+    from monitor.store.store import Store
+
+alert_deliveries = m.alert_deliveries
 
 
 def _attempt(row) -> DeliveryAttempt:  # noqa: ANN001

@@ -13,9 +13,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel
 
-from monitor.alerts.sql import SqlDeliveryLog
 from monitor.api.deps import ProjectDep
 from monitor.api.routes.runs import RUN_ID
+from monitor.store.deliveries import SqlDeliveryLog
 
 router = APIRouter(prefix="/api/v1/runs", tags=["alerts"])
 
@@ -40,7 +40,7 @@ class DeliveryPublic(BaseModel):
 
 
 def get_delivery_log(request: Request) -> SqlDeliveryLog:
-    return SqlDeliveryLog(request.app.state.store)
+    return request.app.state.store.deliveries
 
 
 LogDep = Annotated[SqlDeliveryLog, Depends(get_delivery_log)]

@@ -1,46 +1,26 @@
-"""The webhook outbox in SQL: the ``alert_outbox`` table and :class:`SqlOutbox`.
+"""The webhook outbox in SQL: :class:`SqlOutbox`, over the ``alert_outbox`` table of
+:mod:`monitor.store.models`.
 
-One row per delivery the dispatcher still owes (see :mod:`monitor.alerts.outbox`), keyed by
-``(alert_id, event, target_id)``; the table hangs off the collector's metadata (revision
-``0007_alert_outbox``). A row goes when its delivery ends, or with its alert (``ON DELETE
-CASCADE``, and an alert goes with its run). The payload is stored as built (it never contains
-the run's webhooks); the URL is not stored at all. Sender and planner threads write here,
-never the ingest path: one write when a delivery is scheduled, one per retry, one at the end.
+One row per delivery the dispatcher still owes (see :mod:`monitor.alerts.outbox`). A row goes
+when its delivery ends, or with its alert (``ON DELETE CASCADE``, and an alert goes with its
+run). Sender and planner threads write here, never the ingest path: one write when a delivery
+is scheduled, one per retry, one at the end.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import (
-    JSON,
-    Column,
-    ForeignKey,
-    Integer,
-    String,
-    Table,
-    and_,
-    delete,
-    func,
-    select,
-    update,
-)
+from typing import TYPE_CHECKING
+
+from sqlalchemy import and_, delete, func, select, update
 
 from monitor.alerts.outbox import Key, PendingDelivery
-from monitor.store import Store
 from monitor.store import models as m
 from monitor.store.codec import aware, utcnow
 
-alert_outbox = Table(
-    "alert_outbox",
-    m.metadata,
-    Column("alert_id", m.BigId, ForeignKey("alerts.id", ondelete="CASCADE"), primary_key=True),
-    Column("event", String(16), primary_key=True),
-    Column("target_id", String(16), primary_key=True),
-    Column("owner", String(32), nullable=False),
-    Column("attempt", Integer, nullable=False),
-    Column("due_at", m.TS, nullable=False),
-    Column("payload", JSON, nullable=False),
-    Column("created_at", m.TS, nullable=False),
-)
+if TYPE_CHECKING:
+    from monitor.store.store import Store
+
+alert_outbox = m.alert_outbox
 
 
 def _match(key: Key):  # noqa: ANN202

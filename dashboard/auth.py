@@ -24,8 +24,10 @@ COOKIE_MAX_AGE_S = 30 * 24 * 3600
 MAX_TOKEN_LEN = 256
 
 
-def store_of(request: Request):  # noqa: ANN201 - monitor.store.Store, imported lazily
-    """The collector's :class:`monitor.store.Store` (the app keeps it on ``app.state``)."""
+def store_of(request: Request):  # noqa: ANN201 - monitor.store.Store
+    """The collector's :class:`monitor.store.Store` (the app keeps it on ``app.state``). The
+    dashboard sits beneath the collector and never imports it: it calls ``get_run`` (LookupError
+    for a missing run), ``run_detector_layers`` and ``resolve_token`` on what it finds here."""
     store = getattr(request.app.state, "store", None)
     if store is None:
         raise RuntimeError("the dashboard is mounted on an app without a store (app.state.store)")

@@ -19,7 +19,6 @@ from starlette.concurrency import run_in_threadpool
 
 from dashboard import assets, auth, render
 from dashboard.thresholds import WORTSMAN_DIVERGENCE_LOGIT, thresholds_for
-from monitor.store import NotFound
 
 router = APIRouter(include_in_schema=False)
 
@@ -112,7 +111,7 @@ def run_page(request: Request, run_id: str) -> Response:
     store = auth.store_of(request)
     try:
         run = store.get_run(project.id, run_id)
-    except NotFound:
+    except LookupError:  # the store's NotFound: no such run in this project
         body = render.not_found(
             root_path=request.scope.get("root_path", ""), project=project.name, what=f"No run {run_id!r}"
         )

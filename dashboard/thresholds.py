@@ -1,7 +1,7 @@
 """The attention-logit thresholds the run page draws: the divergence detector's own settings
-for the run (its defaults updated by the collector-wide, project and run overrides), read from
-:class:`stabmon.detect.DetectorConfig` rather than copied, so the lines on the plot are the
-levels at which the collector really alerts.
+for the run (its defaults updated by the collector-wide, project and run overrides), resolved
+by :func:`stabmon.detect.layers.run_settings` as ingest resolves them rather than copied, so
+the lines on the plot are the levels at which the collector really alerts.
 
 Also the level past which Wortsman et al. (2023) saw every run diverge (~1e4), drawn as a
 reference line.
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stabmon.detect import DetectorConfig
-from stabmon.detect.layers import effective_run_config
+from stabmon.detect.layers import run_settings
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,10 @@ def thresholds_for(
     :mod:`monitor.detector_settings`). A disabled rule draws no lines; an invalid override falls
     back to the defaults (the collector rejects such a run's detector config too, and the page
     must still open)."""
-    try:
-        overrides = effective_run_config(run_config or {}, layers).get("detector")
-        cfg = DetectorConfig.from_overrides(overrides if isinstance(overrides, Mapping) else None)
-    except ValueError as e:
-        log.warning("run detector overrides are invalid, drawing default thresholds: %s", e)
+    settings = run_settings(layers, run_config or {})
+    cfg = settings.config
+    if cfg is None:
+        log.warning("run detector overrides are invalid, drawing default thresholds: %s", settings.problem)
         cfg = DetectorConfig()
     rule = cfg.logit_max
     if not rule.enabled:

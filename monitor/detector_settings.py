@@ -15,7 +15,6 @@ run that exists keeps the run's saved layers.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.store import Store
@@ -23,50 +22,16 @@ from stabmon.detect import DetectorConfig
 from stabmon.detect.config import nest_overrides
 from stabmon.detect.layers import (
     LAYER_NAMES,
+    LayeredSettings,
     LayerError,
     canonical,
+    layered,
     merge,
     resolve,
-    run_layers,
-    sources,
+    run_settings,
     without,
 )
 from stabmon.wire import RunPublic
-
-
-@dataclass(frozen=True)
-class LayeredSettings:
-    """Overrides by layer (canonical, nested), which layer each overridden key comes from, and
-    the resulting config. ``config`` is None, and ``problem`` says why, when the layers no longer
-    fit together (a collector-wide setting changed under a project's) or a run's own overrides
-    are invalid (registered before registration checked them): such a run is not judged."""
-
-    layers: dict[str, dict[str, Any]]
-    sources: dict[str, str] = field(default_factory=dict)
-    config: DetectorConfig | None = None
-    problem: str | None = None
-
-
-def _layered(layers: Mapping[str, Mapping[str, Any] | None]) -> LayeredSettings:
-    """``layers`` resolved; the answer shows the layers given (a project's has no run layer)."""
-    try:
-        done, config = resolve(layers)
-        done = {name: layer for name, layer in done.items() if name in layers}
-    except LayerError as e:
-        shown = {name: _as_shown(name, layer) for name, layer in layers.items()}
-        return LayeredSettings(shown, sources(shown), None, str(e))
-    return LayeredSettings(done, sources(done), config)
-
-
-def _as_shown(name: str, layer: Any) -> dict[str, Any]:
-    """A layer as it can be shown when the layers do not resolve: canonical if it is valid
-    alone, else as stored (a mapping), else nothing (the problem names it)."""
-    if not isinstance(layer, Mapping):
-        return {}
-    try:
-        return canonical(layer, name)
-    except LayerError:
-        return dict(layer)
 
 
 class DetectorSettings:
@@ -80,7 +45,7 @@ class DetectorSettings:
     def project(self, project_id: int) -> LayeredSettings:
         """The project's layer and what a run registered now, without overrides of its own,
         would be judged by."""
-        return _layered({"collector": self.collector, "project": self.store.project_detector(project_id)})
+        return layered({"collector": self.collector, "project": self.store.project_detector(project_id)})
 
     def replace_project(self, project_id: int, overrides: Mapping[str, Any] | None) -> LayeredSettings:
         """Set the project's overrides to ``overrides`` (``{}`` clears them). Raises LayerError
@@ -116,21 +81,23 @@ class DetectorSettings:
         return canonical(overrides, "project", below={"collector": self.collector})
 
     # -- runs -------------------------------------------------------------------------------
-    def layers_for_new_run(self, project_id: int, run_config: Mapping[str, Any]) -> dict[str, Any]:
-        """The layers to save with a run being registered: ``{"collector": ..., "project": ...}``.
-        Raises LayerError when the run's own overrides are invalid, alone or on top of them
-        (``layer == "run"``), or when the project's no longer fit the collector-wide ones
-        (``layer == "project"``)."""
-        done, _ = resolve(
+    def layers_for_new_run(
+        self, project_id: int, run_config: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], DetectorConfig]:
+        """The layers to save with a run being registered (``{"collector": ..., "project":
+        ...}``) and the config they resolve to with the run's own overrides. Raises LayerError
+        when the run's own overrides are invalid, alone or on top of them (``layer == "run"``),
+        or when the project's no longer fit the collector-wide ones (``layer == "project"``)."""
+        done, config = resolve(
             {
                 "collector": self.collector,
                 "project": self.store.project_detector(project_id),
                 "run": run_config.get("detector"),
             }
         )
-        return {name: layer for name, layer in done.items() if name != "run"}
+        return {name: layer for name, layer in done.items() if name != "run"}, config
 
     def run(self, project_id: int, run: RunPublic) -> LayeredSettings:
         """What the project's ``run`` is judged by: the layers saved at its registration and
         its own overrides."""
-        return _layered(run_layers(self.store.run_detector_layers(project_id, run.id), run.config))
+        return run_settings(self.store.run_detector_layers(project_id, run.id), run.config)

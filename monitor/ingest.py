@@ -1,16 +1,20 @@
 """The ingest service: one points batch in, stored points, detector findings and alerts out.
 
-For a batch it runs, inside the store's one write transaction (:meth:`Store.write_points`):
-store the points; feed the run's rank-0 values to the detector in step order (the hooks reduce
-across ranks before sending, so rank 0 carries the run's view); open, update or resolve
-alerts; save the detector state in ``run_state``. A 2xx therefore means points, alerts and
-detector state are committed together, and a collector restart resumes from the saved state
-(or, when the snapshot is missing or unreadable, rebuilds it by replaying the stored series).
+It owns the sequence of an ingest, on one unit of work the store provides
+(:meth:`Store.ingest_unit`, one transaction holding the run's lock): write the points; feed the
+run's rank-0 values to the detector in step order (the hooks reduce across ranks before sending,
+so rank 0 carries the run's view); advance the run's alerts with the findings (the pure
+lifecycle, :func:`monitor.alerts.lifecycle.advance`) and write the changed ones; save the
+detector state. A 2xx therefore means points, alerts and detector state are committed together,
+and a collector restart resumes from the saved state (or, when the snapshot is missing or
+unreadable, rebuilds it by replaying the stored series). After the commit, the changed alerts go
+to the notifier (the webhook dispatcher, which keeps what it owes in the store's outbox).
+
 Between batches the service keeps each run's live state in memory, stamped with the
 ``run_state`` row it wrote; a batch reuses it only when the stored stamp is still that one (no
 other worker process or restart wrote since), which skips parsing the snapshot back on every
 batch. A detector bug never fails ingestion: the points are kept, the error is logged, the state
-stays as it was. Alerts that changed go to an optional notifier (webhooks) after the commit.
+stays as it was.
 """
 
 from __future__ import annotations
@@ -22,21 +26,12 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import Connection
-
-from monitor.store import Store
-from monitor.store.alerts import (
-    apply_findings,
-    load_state,
-    open_alerts,
-    save_state,
-    state_stamp,
-    stored_steps,
-)
-from monitor.store.codec import wire_to_float
-from monitor.store.runs import RunRef
-from stabmon.detect.layers import effective_run_config
-from stabmon.wire import AlertPublic, IngestResponse, PointsIn, RunPublic
+from monitor.alerts.lifecycle import advance
+from monitor.store import IngestUnit, Store
+from monitor.store.codec import utcnow
+from stabmon.detect import DetectorConfig
+from stabmon.detect.layers import run_settings
+from stabmon.wire import AlertPublic, IngestResponse, PointsIn, RunPublic, decode_value
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +52,21 @@ class Notifier(Protocol):
 
 
 class DetectorFactory(Protocol):
-    """Builds a detector from a run's config and restores saved states."""
+    """Builds a detector from the settings that judge a run and restores saved states."""
 
-    def build(self, run_config: Mapping[str, Any]) -> DetectorLike: ...
+    def build(self, config: DetectorConfig) -> DetectorLike: ...
     def restore(self, state: dict[str, Any]) -> Any: ...
     def snapshot(self, state: Any) -> dict[str, Any]: ...
 
 
 class DefaultDetectorFactory:
-    """``stabmon.detect``, configured by ``run_config["detector"]``: the ingest service passes
-    the run's config with every layer of overrides merged there (collector-wide, project, the
-    run's own; see :mod:`monitor.detector_settings`)."""
+    """``stabmon.detect``, configured by the run's resolved settings (every layer of overrides:
+    collector-wide, project, the run's own; :func:`stabmon.detect.layers.run_settings`)."""
 
-    def build(self, run_config: Mapping[str, Any]) -> DetectorLike:
-        from stabmon.detect import Detector, DetectorConfig
+    def build(self, config: DetectorConfig) -> DetectorLike:
+        from stabmon.detect import Detector
 
-        return Detector(DetectorConfig.from_overrides(run_config.get("detector") or {}))
+        return Detector(config)
 
     def restore(self, state: dict[str, Any]) -> Any:
         from stabmon.detect import DetectorState
@@ -106,10 +100,10 @@ class IngestService:
         self._live: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def check_config(self, run_config: Mapping[str, Any], layers: Mapping[str, Any] | None = None) -> None:
-        """Raises ValueError when the detector cannot be built from ``run_config["detector"]``
-        on top of ``layers`` (the collector-wide and project overrides saved with the run)."""
-        self.detectors.build(effective_run_config(run_config, layers))
+    def check_config(self, config: DetectorConfig) -> None:
+        """Raises ValueError when the detector factory refuses ``config`` (a custom factory's
+        own checks; the default one takes any valid config)."""
+        self.detectors.build(config)
 
     def _detector(self, project_id: int, run_id: str) -> tuple[RunPublic, DetectorLike | None]:
         with self._lock:
@@ -117,16 +111,24 @@ class IngestService:
         if hit is not None:
             return hit
         run = self.store.get_run(project_id, run_id)  # NotFound for unknown / other project's runs
-        layers = self.store.run_detector_layers(project_id, run_id)
-        try:
-            det = self.detectors.build(effective_run_config(run.config, layers))
-        except Exception:  # a run registered before its config became invalid: store, don't detect
-            log.exception(
-                "run %s (project %s): cannot build its detector; ingesting without detection",
+        settings = run_settings(self.store.run_detector_layers(project_id, run_id), run.config)
+        det = None
+        if settings.config is None:  # a run registered before its overrides became invalid
+            log.error(
+                "run %s (project %s): its detector settings do not resolve (%s); ingesting without detection",
                 run_id,
                 project_id,
+                settings.problem,
             )
-            det = None
+        else:
+            try:
+                det = self.detectors.build(settings.config)
+            except Exception:  # store, don't detect
+                log.exception(
+                    "run %s (project %s): cannot build its detector; ingesting without detection",
+                    run_id,
+                    project_id,
+                )
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
@@ -136,32 +138,25 @@ class IngestService:
     def ingest(self, project_id: int, run_id: str, body: PointsIn) -> IngestResponse:
         run, det = self._detector(project_id, run_id)
         steps = _rank_steps(body, DETECTOR_RANK)
-        live: list[tuple[str, Any, Any]] = []  # (run key, stamp, state) this batch left, kept once committed
-
-        def after(conn: Connection, ref: RunRef) -> tuple[list[AlertPublic], list[AlertPublic]]:
-            changed: list[AlertPublic] = []
-            if det is not None and steps:
-                fired = self._detect(conn, ref, det, steps, live)
+        live: tuple[str, Any, Any] | None = None  # (run key, stamp, state), kept once committed
+        changed: list[AlertPublic] = []
+        with self.store.ingest_unit(project_id, run_id) as unit:
+            res = unit.write_points(body.batch_id, body.points)
+            if not res.duplicate and det is not None and steps:
+                fired = self._detect(unit, det, steps)
                 if fired is not None:
-                    changed = apply_findings(conn, ref, fired)
-            return open_alerts(conn, ref), changed
-
-        res = self.store.write_points(project_id, run_id, body.batch_id, body.points, after=after)
-        if live:  # committed: the in-memory state is now the stored one
-            key, stamp, state = live[-1]
+                    findings, live = fired
+                    changed = unit.save_alerts(advance(unit.open_alert_records(), findings, utcnow()))
+            alerts = unit.open_alerts()
+        if live is not None:  # committed: the in-memory state is now the stored one
+            key, stamp, state = live
             with self._lock:
                 self._live[key] = (stamp, state)
                 self._live.move_to_end(key)
                 while len(self._live) > LIVE_STATES_MAX:
                     self._live.popitem(last=False)
         if res.duplicate:
-            return IngestResponse(
-                batch_id=body.batch_id,
-                accepted=0,
-                duplicate=True,
-                alerts=self.store.open_alerts(project_id, run_id),
-            )
-        alerts, changed = res.after
+            return IngestResponse(batch_id=body.batch_id, accepted=0, duplicate=True, alerts=alerts)
         if changed and self.notifier is not None:
             try:
                 self.notifier.notify(run, changed)
@@ -175,25 +170,21 @@ class IngestService:
         return IngestResponse(batch_id=body.batch_id, accepted=res.accepted, duplicate=False, alerts=alerts)
 
     def _detect(
-        self,
-        conn: Connection,
-        ref: RunRef,
-        det: DetectorLike,
-        steps: list[tuple[int, dict[str, float]]],
-        live: list[tuple[str, Any, Any]],
-    ) -> list[tuple[int, Sequence[Any]]] | None:
-        """Feed ``steps`` to the run's detector; save its state (and append (run key, stamp,
-        state) to ``live``). None if the detector failed."""
-        key, run_id = ref.pk, ref.external_id  # rows by the internal key, logs by the run's id
+        self, unit: IngestUnit, det: DetectorLike, steps: list[tuple[int, dict[str, float]]]
+    ) -> tuple[list[tuple[int, Sequence[Any]]], tuple[str, Any, Any]] | None:
+        """Feed ``steps`` to the run's detector and save its state in ``unit``. Returns the
+        findings per step and (run key, stamp, state) for the in-memory cache; None if the
+        detector failed."""
+        key, run_id = unit.run_key, unit.run.external_id  # rows by the internal key, logs by the id
         # Taken out of the map while in use: if this transaction fails, the half-advanced state
         # is dropped and the next batch reloads the stored one.
         with self._lock:
             held = self._live.pop(key, None)
-        stamp = state_stamp(conn, key)
+        stamp = unit.state_stamp()
         if held is not None and stamp is not None and held[0] == stamp:
             saved, state = None, held[1]
         else:
-            saved, state = load_state(conn, key)[0], None
+            saved, state = unit.load_state(), None
         try:
             if saved is not None:
                 try:
@@ -202,7 +193,7 @@ class IngestService:
                     log.warning("run %s: unreadable detector state; rebuilding from stored series", run_id)
             if state is None:
                 state = det.new_state()
-                for step, values in stored_steps(conn, key, DETECTOR_RANK, before=steps[0][0]):
+                for step, values in unit.stored_steps(DETECTOR_RANK, before=steps[0][0]):
                     det.observe(state, step, values)
             fired = [(step, list(det.observe(state, step, values))) for step, values in steps]
             to_json = getattr(self.detectors, "snapshot_json", None)
@@ -210,8 +201,7 @@ class IngestService:
         except Exception:
             log.exception("run %s: detector failed; points stored, detection skipped for this batch", run_id)
             return None
-        live.append((key, save_state(conn, key, snapshot, steps[-1][0]), state))
-        return fired
+        return fired, (key, unit.save_state(snapshot, steps[-1][0]), state)
 
 
 def _rank_steps(body: PointsIn, rank: int) -> list[tuple[int, dict[str, float]]]:
@@ -222,5 +212,5 @@ def _rank_steps(body: PointsIn, rank: int) -> list[tuple[int, dict[str, float]]]
             continue
         d = by_step.setdefault(p.step, {})
         for k, v in p.values.items():
-            d[k] = wire_to_float(v)
+            d[k] = decode_value(v)
     return sorted(by_step.items())

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
@@ -73,13 +74,33 @@ def decode_value(v: float | int | str) -> float:
     return float(v)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (in mappings, lists and tuples, at any depth) as
+    the wire's strings, so it is valid JSON (PostgreSQL's json type, HTTP bodies and
+    ``json.dumps(allow_nan=False)`` all reject NaN tokens). Mapping keys become strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else encode_value(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def is_valid_key(key: str) -> bool:
     return len(key) <= MAX_KEY_LEN and _KEY_RE.match(key) is not None
 
 
 def layer_key(layer: int, site: str, stat: str) -> str:
-    """``layer.{layer}.{site}.{stat}``."""
+    """``layer.{layer}.{site}.{stat}``: the one place a per-layer key is built."""
     return f"layer.{layer}.{site}.{stat}"
+
+
+def match_layer_key(key: str) -> tuple[int, str, str] | None:
+    """``(layer, site, stat)`` of a per-layer key, None for a run-level one: the one place a
+    key is taken apart (the store's series columns, the detector's per-layer rules)."""
+    m = _LAYER_KEY_RE.match(key)
+    return None if m is None else (int(m.group(1)), m.group(2), m.group(3))
 
 
 class SeriesKey(BaseModel):
@@ -100,10 +121,32 @@ def parse_key(key: str) -> SeriesKey:
             f"invalid series key {key!r}: keys are dot-separated [A-Za-z0-9_] parts, "
             f"starting with a letter or '_', at most {MAX_KEY_LEN} characters"
         )
-    m = _LAYER_KEY_RE.match(key)
-    if m:
-        return SeriesKey(key=key, layer=int(m.group(1)), site=m.group(2), stat=m.group(3))
+    parts = match_layer_key(key)
+    if parts is not None:
+        return SeriesKey(key=key, layer=parts[0], site=parts[1], stat=parts[2])
     return SeriesKey(key=key, stat=key)
+
+
+# ---------------------------------------------------------------------------
+# Records: what the training side produces per step, and where it goes
+# ---------------------------------------------------------------------------
+class Record(TypedDict):
+    """One rank's statistics at one step, as the hooks hand it to a sink and the client
+    batches it into :class:`Point` s (``values``: key -> float, non-finite allowed)."""
+
+    step: int
+    rank: int
+    values: dict[str, float]
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where records go: the collector client, a memory or JSON-lines sink, a fan-out, a
+    TensorBoard mirror. ``write`` must never block or raise into training."""
+
+    def write(self, record: Record) -> None: ...
+    def flush(self, timeout: float | None = None) -> None: ...
+    def close(self) -> None: ...
 
 
 # ---------------------------------------------------------------------------
@@ -188,6 +231,15 @@ class PointsIn(BaseModel):
 # Alerts
 # ---------------------------------------------------------------------------
 Severity = Literal["warning", "critical"]
+SEVERITY_RANK: dict[str, int] = {"warning": 1, "critical": 2}
+"""The one severity order: higher is worse (the detector's internal levels use these numbers)."""
+
+
+def severity_rank(severity: str | None) -> int:
+    """:data:`SEVERITY_RANK` of ``severity``; 0 for None or an unknown name."""
+    return SEVERITY_RANK.get(severity, 0) if severity is not None else 0
+
+
 AlertStatus = Literal["open", "resolved"]
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from stabmon import net
+from stabmon.wire import json_safe
 
 DEFAULT_DIR = Path(".stabmon")
 DEFAULT_VARIANTS = ("baseline", "qkv_norm")
@@ -384,13 +385,4 @@ def report_json(report: DemoReport) -> str:
     """The ``--json`` document: per run ``variant, lr, diverged, diverged_at, first_alert_step,
     alerts (rule, severity, step)`` and more; valid JSON (no NaN)."""
 
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
-            return str(x)
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        return x
-
-    return json.dumps(clean(report.to_dict()), allow_nan=False)
+    return json.dumps(json_safe(report.to_dict()), allow_nan=False)

@@ -36,13 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from stabmon.wire import severity_rank
+
 log = logging.getLogger("stabmon.actions")
 
 Action = Literal["none", "log", "stop", "rollback"]
 ACTIONS: tuple[str, ...] = ("none", "log", "stop", "rollback")
 # When alerts of one step ask for different actions, the strongest wins.
 _STRENGTH = {"none": 0, "log": 1, "rollback": 2, "stop": 3}
-_SEVERITY = {"warning": 1, "critical": 2}
 
 
 class Trainer(Protocol):
@@ -268,7 +269,7 @@ class AlertPolicy:
             if _STRENGTH[act] > _STRENGTH[best] or (
                 act == best
                 and trigger is not None
-                and _SEVERITY.get(sev, 0) > _SEVERITY.get(trigger.get("severity"), 0)
+                and severity_rank(sev) > severity_rank(trigger.get("severity"))
             ):
                 best, trigger = act, alert
         return best, trigger, acting

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from monitor.alerts.payload import Event
-from monitor.alerts.targets import SEVERITY_RANK
+from stabmon.wire import SEVERITY_RANK
 
 
 def classify_events(

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from stabmon.wire import SEVERITY_RANK
+
 PayloadFormat = Literal["json", "slack"]
 FORMATS: tuple[str, ...] = ("json", "slack")
-SEVERITY_RANK = {"warning": 1, "critical": 2}
 SLACK_PREFIX = "slack+"
 
 

@@ -22,6 +22,7 @@ from monitor.api.routes import alerts, deliveries, health, points, project, runs
 from monitor.detector_settings import DetectorSettings
 from monitor.ingest import DetectorFactory, IngestService, Notifier
 from monitor.metrics import AppMetrics, TimingMiddleware
+from monitor.registration import RunRegistration
 from monitor.settings import Settings
 from monitor.store import Store, migrate
 from monitor.store.migrate import SchemaNotReady
@@ -91,6 +92,7 @@ def create_app(
     app.state.alerts = webhooks
     app.state.ingest = IngestService(store, detectors, notifier or webhooks)
     app.state.detector_settings = DetectorSettings(store, settings.detector)
+    app.state.registration = RunRegistration(store, app.state.detector_settings, app.state.ingest)
     app.state.ingest_gate = IngestGate(
         settings.resolved_ingest_slots, settings.ingest_queue_bytes, settings.ingest_wait_s
     )

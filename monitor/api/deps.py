@@ -17,6 +17,7 @@ from fastapi import Depends, HTTPException, Request
 from monitor.detector_settings import DetectorSettings
 from monitor.ingest import IngestService
 from monitor.metrics import AppMetrics
+from monitor.registration import RunRegistration
 from monitor.settings import Settings
 from monitor.store import Project, Store
 
@@ -37,6 +38,10 @@ def get_metrics(request: Request) -> AppMetrics:
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def get_registration(request: Request) -> RunRegistration:
+    return request.app.state.registration
 
 
 def get_detector_settings(request: Request) -> DetectorSettings:
@@ -76,4 +81,5 @@ IngestDep = Annotated[IngestService, Depends(get_ingest)]
 MetricsDep = Annotated[AppMetrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DetectorSettingsDep = Annotated[DetectorSettings, Depends(get_detector_settings)]
+RegistrationDep = Annotated[RunRegistration, Depends(get_registration)]
 ProjectDep = Annotated[Project, Depends(get_project)]

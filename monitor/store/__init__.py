@@ -7,10 +7,12 @@ from monitor.store.points import SeriesInfo, WriteResult
 from monitor.store.series import Buckets, SeriesResult
 from monitor.store.store import MetricRow, MetricsSnapshot, Store
 from monitor.store.tokens import Project, TokenInfo
+from monitor.store.unit import IngestUnit
 
 __all__ = [
     "Buckets",
     "Conflict",
+    "IngestUnit",
     "LimitExceeded",
     "MetricRow",
     "MetricsSnapshot",

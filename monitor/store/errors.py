@@ -9,8 +9,9 @@ class StoreError(Exception):
     """Base class for store errors."""
 
 
-class NotFound(StoreError):
-    """The run (or token, project) does not exist, or is not visible to the caller's project."""
+class NotFound(StoreError, LookupError):
+    """The run (or token, project) does not exist, or is not visible to the caller's project.
+    A LookupError, so readers that must not import the store (the dashboard) can catch it."""
 
 
 class LimitExceeded(StoreError):

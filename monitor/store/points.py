@@ -3,9 +3,9 @@ around it (series keys, latest values).
 
 One batch is one transaction: the ``ingest_batches`` row (unique per run and batch id, so
 concurrent retries of the same batch race on the constraint, not on a lookup), the series
-rows for new keys, every value, the ``latest`` upserts, the run's ``last_step``, and whatever
-the ``after`` callback writes (the ingest service's detector state and alerts). A 2xx answer
-therefore means all of it is committed.
+rows for new keys, every value, the ``latest`` upserts, the run's ``last_step``, and, in the
+ingest service's unit of work (:mod:`monitor.store.unit`), the detector state and alerts. A 2xx
+answer therefore means all of it is committed.
 
 Overwrite semantics: inside one batch a repeated (step, rank, key) keeps the last value
 sent; a (step, rank, key) already stored by an earlier batch is overwritten (a run resumed
@@ -31,7 +31,7 @@ deletes a series' rows from all three when the series (or its run) is deleted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,8 +55,6 @@ class WriteResult:
     accepted: int
     """Values stored (after collapsing repeats of a (step, rank, key) in the batch)."""
     duplicate: bool
-    after: Any = None
-    """What the ``after`` callback returned (None for a duplicate batch)."""
 
 
 @dataclass(frozen=True)
@@ -152,16 +150,18 @@ class PointsMixin:
     """Methods on :class:`monitor.store.Store` for points, keys and latest values."""
 
     def write_points(
-        self,
-        project_id: int,
-        run_id: str,
-        batch_id: str,
-        points: Sequence[PointLike],
-        after: Callable[[Connection, RunRef], Any] | None = None,
+        self, project_id: int, run_id: str, batch_id: str, points: Sequence[PointLike]
     ) -> WriteResult:
-        """Store one batch atomically; a batch id already stored for this run is a no-op
-        answered with ``duplicate=True``. ``after(conn, run)`` runs inside the same transaction
-        once the points are written (not for duplicates); ``run`` carries the run's internal key."""
+        """Store one batch in a transaction of its own (what an ingest without detection does;
+        the ingest service runs :meth:`IngestUnit.write_points` inside its unit of work)."""
+        with self.ingest_unit(project_id, run_id) as unit:
+            return unit.write_points(batch_id, points)
+
+    def _write_batch(
+        self, conn: Connection, run: RunRef, batch_id: str, points: Sequence[PointLike]
+    ) -> WriteResult:
+        """Store one batch in ``conn``'s transaction, under the run's lock; a batch id already
+        stored for this run is a no-op answered with ``duplicate=True``."""
         # Collapse repeats: last one wins. (PostgreSQL's ON CONFLICT DO UPDATE also refuses
         # to touch one row twice in a statement, so this is needed, not only tidy.)
         flat: dict[tuple[str, int, int], float | int | str] = {}  # wire values, decoded on insert
@@ -169,40 +169,37 @@ class PointsMixin:
             rank, step = p.rank, p.step
             for key, v in p.values.items():
                 flat[(key, rank, step)] = v
-        with self._write() as conn:
-            run = self._check_run(conn, project_id, run_id, lock=True)
-            stored = conn.execute(
-                dialect_insert(conn, m.ingest_batches)
-                .values(run_id=run.pk, batch_id=batch_id, n_points=len(flat), received_at=utcnow())
-                .on_conflict_do_nothing(index_elements=["run_id", "batch_id"])
-                .returning(m.ingest_batches.c.id)
-            ).first()
-            if stored is None:
-                return WriteResult(0, True)
-            if flat:
-                # Every stored point has step <= runs.last_step (this method is the only writer of
-                # both, under the run's lock): a batch beyond it only appends.
-                prev_last = conn.execute(select(m.runs.c.last_step).where(m.runs.c.id == run.pk)).scalar()
-                append = prev_last is None or min(s for _, _, s in flat) > prev_last
-                ids = self._series_ids(conn, run, {k for k, _, _ in flat})
-                chunks = self._insert_values(conn, ids, flat, append=append)
-                if append:
-                    self._merge_rollups(conn, chunks, prev_last)
-                else:
-                    self._update_rollups(conn, sorted(set(ids.values())), flat)
-                max_step = max(s for _, _, s in flat)
-                conn.execute(
-                    m.runs.update()
-                    .where(m.runs.c.id == run.pk)
-                    .values(
-                        last_step=func.max(func.coalesce(m.runs.c.last_step, -1), max_step)
-                        if conn.dialect.name == "sqlite"
-                        else func.greatest(func.coalesce(m.runs.c.last_step, -1), max_step),
-                        updated_at=utcnow(),
-                    )
+        stored = conn.execute(
+            dialect_insert(conn, m.ingest_batches)
+            .values(run_id=run.pk, batch_id=batch_id, n_points=len(flat), received_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["run_id", "batch_id"])
+            .returning(m.ingest_batches.c.id)
+        ).first()
+        if stored is None:
+            return WriteResult(0, True)
+        if flat:
+            # Every stored point has step <= runs.last_step (this method is the only writer of
+            # both, under the run's lock): a batch beyond it only appends.
+            prev_last = conn.execute(select(m.runs.c.last_step).where(m.runs.c.id == run.pk)).scalar()
+            append = prev_last is None or min(s for _, _, s in flat) > prev_last
+            ids = self._series_ids(conn, run, {k for k, _, _ in flat})
+            chunks = self._insert_values(conn, ids, flat, append=append)
+            if append:
+                self._merge_rollups(conn, chunks, prev_last)
+            else:
+                self._update_rollups(conn, sorted(set(ids.values())), flat)
+            max_step = max(s for _, _, s in flat)
+            conn.execute(
+                m.runs.update()
+                .where(m.runs.c.id == run.pk)
+                .values(
+                    last_step=func.max(func.coalesce(m.runs.c.last_step, -1), max_step)
+                    if conn.dialect.name == "sqlite"
+                    else func.greatest(func.coalesce(m.runs.c.last_step, -1), max_step),
+                    updated_at=utcnow(),
                 )
-            result = after(conn, run) if after is not None else None
-            return WriteResult(len(flat), False, result)
+            )
+        return WriteResult(len(flat), False)
 
     def _series_ids(self, conn: Connection, run: RunRef, keys: Iterable[str]) -> dict[str, int]:
         """key -> series.id for this run, creating the missing series rows."""

@@ -27,6 +27,7 @@ from monitor.store.projects import ProjectsMixin
 from monitor.store.runs import RunsMixin
 from monitor.store.series import SeriesMixin
 from monitor.store.tokens import TokensMixin
+from monitor.store.unit import UnitMixin
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ DEFAULT_MAX_SERIES_PER_RUN = 10_000
 READY_PROBE_LOCK_MS = 2000
 
 
-class Store(RunsMixin, ProjectsMixin, TokensMixin, PointsMixin, SeriesMixin, AlertsMixin):
+class Store(RunsMixin, ProjectsMixin, TokensMixin, PointsMixin, SeriesMixin, AlertsMixin, UnitMixin):
     def __init__(
         self,
         url: str,

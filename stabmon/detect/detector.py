@@ -19,7 +19,6 @@ Contract details:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -27,10 +26,10 @@ from stabmon.detect.config import DetectorConfig
 from stabmon.detect.finding import Finding
 from stabmon.detect.rules import EntropyRule, LogitRule, NonFiniteRule, NormGrowthRule, Rule, SpikeRule
 from stabmon.detect.state import DetectorState
+from stabmon.wire import match_layer_key
 
 # Same grammar as stabmon.wire's layer keys; matched here directly because routing must accept
 # any string without raising (wire.parse_key raises on keys outside the grammar).
-_LAYER_KEY_RE = re.compile(r"^layer\.(\d+)\.([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
 _ROUTE_CACHE_MAX = 65_536
 
 
@@ -71,8 +70,8 @@ class Detector:
     def _route(self, key: str) -> tuple[tuple[Rule, int | None], ...]:
         route = self._routes.get(key)
         if route is None:
-            m = _LAYER_KEY_RE.match(key)
-            layer, site, stat = (int(m.group(1)), m.group(2), m.group(3)) if m else (None, None, key)
+            parts = match_layer_key(key)
+            layer, site, stat = parts if parts is not None else (None, None, key)
             route = tuple(
                 (r, layer)
                 for r in self.rules

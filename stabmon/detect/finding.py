@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Severity = Literal["warning", "critical"]
+from stabmon.wire import SEVERITY_RANK, Severity
 
-# Internal severity levels: 0 = quiet, 1 = warning, 2 = critical.
-QUIET, WARNING, CRITICAL = 0, 1, 2
+# Internal severity levels: 0 = quiet, then the wire's severity order (1 = warning, 2 = critical).
+QUIET, WARNING, CRITICAL = 0, SEVERITY_RANK["warning"], SEVERITY_RANK["critical"]
 LEVEL_NAMES: dict[int, Severity] = {WARNING: "warning", CRITICAL: "critical"}
-SEVERITY_LEVELS: dict[str, int] = {"warning": WARNING, "critical": CRITICAL}
+SEVERITY_LEVELS: dict[str, int] = SEVERITY_RANK
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,6 @@ class Finding:
             "message": self.message,
             "evidence": self.evidence,
         }
-
-
-def json_float(x: float) -> float | str:
-    """A float made JSON-safe: finite unchanged, non-finite as the wire's strings."""
-    if math.isfinite(x):
-        return float(x)
-    if math.isnan(x):
-        return "nan"
-    return "inf" if x > 0 else "-inf"
 
 
 def fmt(x: float) -> str:

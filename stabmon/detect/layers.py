@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from stabmon.detect.config import RULE_FIELDS, DetectorConfig, nest_overrides
@@ -162,13 +163,43 @@ def run_layers(stored: Mapping[str, Any] | None, run_config: Mapping[str, Any]) 
     return {**(stored or {}), "run": run_config.get("detector") or {}}
 
 
-def effective_run_config(
-    run_config: Mapping[str, Any], stored: Mapping[str, Any] | None
-) -> Mapping[str, Any]:
-    """``run_config`` with its ``detector`` section replaced by every layer merged, which is what
-    a detector factory builds from. Unchanged when no layer beneath the run sets anything. The
-    run's own section is taken as it is (an invalid one fails in the factory, as before)."""
-    below = [(stored or {}).get(name) or {} for name in LAYERS if name != "run"]
-    if not any(below):
-        return run_config
-    return {**run_config, "detector": merge(*below, nest_overrides(run_config.get("detector") or {}))}
+@dataclass(frozen=True)
+class LayeredSettings:
+    """Overrides by layer (canonical, nested), which layer each overridden key comes from, and
+    the resulting config. ``config`` is None, and ``problem`` says why, when the layers no longer
+    fit together (a collector-wide setting changed under a project's) or a run's own overrides
+    are invalid (registered before registration checked them): such a run is not judged."""
+
+    layers: dict[str, dict[str, Any]]
+    sources: dict[str, str] = field(default_factory=dict)
+    config: DetectorConfig | None = None
+    problem: str | None = None
+
+
+def layered(layers: Mapping[str, Mapping[str, Any] | None]) -> LayeredSettings:
+    """``layers`` resolved; the answer shows the layers given (a project's has no run layer)."""
+    try:
+        done, config = resolve(layers)
+        done = {name: layer for name, layer in done.items() if name in layers}
+    except LayerError as e:
+        shown = {name: _as_shown(name, layer) for name, layer in layers.items()}
+        return LayeredSettings(shown, sources(shown), None, str(e))
+    return LayeredSettings(done, sources(done), config)
+
+
+def run_settings(stored: Mapping[str, Any] | None, run_config: Mapping[str, Any]) -> LayeredSettings:
+    """What a run is judged by: the layers saved at its registration (``stored``) and its own
+    ``config.detector``. The one resolver: the collector's ingest, ``GET /runs/{id}/detector``
+    and the dashboard's threshold lines all ask this."""
+    return layered(run_layers(stored, run_config))
+
+
+def _as_shown(name: str, layer: Any) -> dict[str, Any]:
+    """A layer as it can be shown when the layers do not resolve: canonical if it is valid
+    alone, else as stored (a mapping), else nothing (the problem names it)."""
+    if not isinstance(layer, Mapping):
+        return {}
+    try:
+        return canonical(layer, name)
+    except LayerError:
+        return dict(layer)

@@ -16,15 +16,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from stabmon.wire import decode_value, encode_value
+
 STATE_VERSION = 1
 _TAG = "__float__"
 
 
 def _encode(x: Any) -> Any:
     if isinstance(x, float):
-        if math.isfinite(x):
-            return x
-        return {_TAG: "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")}
+        return x if math.isfinite(x) else {_TAG: encode_value(x)}
     if isinstance(x, dict):
         return {k: _encode(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -35,10 +35,10 @@ def _encode(x: Any) -> Any:
 def _decode(x: Any) -> Any:
     if isinstance(x, dict):
         if len(x) == 1 and _TAG in x:
-            tag = x[_TAG]
-            if tag not in ("nan", "inf", "-inf"):
-                raise ValueError(f"invalid tagged float in detector state: {tag!r}")
-            return float(tag)
+            try:
+                return decode_value(x[_TAG])
+            except ValueError as e:
+                raise ValueError(f"invalid tagged float in detector state: {e}") from None
         return {k: _decode(v) for k, v in x.items()}
     if isinstance(x, list):
         return [_decode(v) for v in x]

@@ -10,9 +10,9 @@ from stabmon.detect.layers import (
     LayerError,
     canonical,
     dotted,
-    effective_run_config,
     merge,
     resolve,
+    run_settings,
     sources,
     without,
 )
@@ -146,17 +146,22 @@ def test_without_drops_a_field_a_rule_or_a_top_level_key_and_refuses_typos():
         without(layer, "message_series.x")
 
 
-def test_effective_run_config_merges_the_saved_layers_under_the_run():
+def test_run_settings_merges_the_saved_layers_under_the_run():
     config = {"lr": 0.1, "detector": {"loss_spike.z_warning": 10}}
-    assert effective_run_config(config, None) is config  # runs from before layers: as they were
-    assert effective_run_config(config, {"collector": {}, "project": {}}) is config
+    # Runs from before layers: judged by their own overrides alone.
+    assert run_settings(None, config).config == DetectorConfig.from_overrides(config["detector"])
+    assert run_settings({"collector": {}, "project": {}}, config).config == run_settings(None, config).config
     saved = {
         "collector": {"loss_spike": {"z_warning": 7.0, "z_critical": 20.0}},
         "project": {"message_series": 2},
     }
-    eff = effective_run_config(config, saved)
-    assert eff["lr"] == 0.1
-    assert eff["detector"] == {"loss_spike": {"z_warning": 10, "z_critical": 20.0}, "message_series": 2}
-    assert config["detector"] == {"loss_spike.z_warning": 10}
-    cfg = DetectorConfig.from_overrides(eff["detector"])
-    assert cfg == resolve({**saved, "run": config["detector"]})[1]
+    settings = run_settings(saved, config)
+    assert settings.config == DetectorConfig.from_overrides(
+        {"loss_spike": {"z_warning": 10, "z_critical": 20.0}, "message_series": 2}
+    )
+    assert settings.config == resolve({**saved, "run": config["detector"]})[1]
+    assert settings.sources["loss_spike.z_warning"] == "run"
+    assert settings.sources["loss_spike.z_critical"] == "collector"
+    assert config["detector"] == {"loss_spike.z_warning": 10}  # the input is not changed
+    bad = run_settings(saved, {"detector": {"loss_spike.z_warning": "x"}})
+    assert bad.config is None and "config.detector" in bad.problem

@@ -129,7 +129,7 @@ def test_duplicate_batch_returns_open_alerts_without_refeeding(store):
 
 
 def _seen(store):  # noqa: ANN001, ANN202
-    from monitor.store.alerts import load_state
+    from monitor.store.run_state import load_state
 
     with store.engine.connect() as conn:
         key = conn.execute(select(m.runs.c.id).where(m.runs.c.external_id == "r")).scalar_one()

@@ -85,7 +85,8 @@ def test_0008_up_and_down_with_data(url):
         # New data in the new columns.
         settings = DetectorSettings(store, {"loss_spike.z_warning": 7})
         settings.replace_project(1, {"logit_max.warning": 100})
-        layers = settings.layers_for_new_run(1, {})
+        layers, config = settings.layers_for_new_run(1, {})
+        assert (config.loss_spike.z_warning, config.logit_max.warning) == (7.0, 100.0)
         assert layers == {
             "collector": {"loss_spike": {"z_warning": 7.0}},
             "project": {"logit_max": {"warning": 100.0}},

@@ -1,8 +1,8 @@
 """Sinks: where the per-step records emitted by the hooks go.
 
 A sink takes one record per emitted training step, ``{"step": int, "rank": int,
-"values": {key: float}}``, through :meth:`Sink.write`, which must never block and never
-raise into the training loop. This module holds the simple, local sinks:
+"values": {key: float}}``, through :meth:`stabmon.wire.Sink.write`, which must never block and
+never raise into the training loop. This module holds the simple, local sinks:
 :class:`MemorySink` (tests and notebooks), :class:`JsonlSink` (one JSON object per line,
 NaN/inf encoded as in :mod:`stabmon.wire`, read back with :func:`read_jsonl`),
 :class:`NullSink` (the null object used when nothing is configured, so the hot path has
@@ -18,25 +18,11 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from stabmon.wire import decode_value, encode_value
+from stabmon.wire import Sink, decode_value, encode_value
 
 log = logging.getLogger("stabmon.client")
-
-
-@runtime_checkable
-class Sink(Protocol):
-    """What ``attach(model, sink=...)`` writes to: one record per emitted training step."""
-
-    def write(self, record: dict) -> None:
-        """Take one record. Must never block the caller and never raise."""
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Push out what was written so far (waiting at most ``timeout`` seconds)."""
-
-    def close(self) -> None:
-        """Flush and release resources; later writes are ignored."""
 
 
 def encode_record(record: dict) -> dict[str, Any]:

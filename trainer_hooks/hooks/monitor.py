@@ -19,12 +19,12 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
-from stabmon.wire import is_valid_key
+from stabmon.wire import Sink, is_valid_key
 
 from .accumulate import HostTransfer, StepAccumulator, to_device
 from .discovery import SiteRef
@@ -41,14 +41,6 @@ from .stats import (
 )
 
 log = logging.getLogger("trainer_hooks.hooks")
-
-
-class Sink(Protocol):
-    """Where records go; implemented by ``trainer_hooks.client`` (Client, MemorySink, ...)."""
-
-    def write(self, record: dict) -> None: ...
-    def flush(self, timeout: float | None = None) -> None: ...
-    def close(self) -> None: ...
 
 
 @dataclass

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from stabmon.divergence import DivergenceConfig, DivergenceTracker
+from stabmon.wire import encode_value
 from trainer_hooks.lab import checkpoint
 from trainer_hooks.lab.config import preset, preset_defaults
 from trainer_hooks.lab.data import ByteBatches, ByteCorpus
@@ -120,9 +121,7 @@ def _finite_or_none(x: float | None) -> float | None:
 
 def _json_number(x: float | None) -> float | str | None:
     """JSON has no NaN/inf: keep them as the wire's strings."""
-    if x is None or math.isfinite(x):
-        return x
-    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return None if x is None else encode_value(x)
 
 
 def perplexity(loss: float) -> float:

@@ -11,8 +11,7 @@ from fastapi import APIRouter, HTTPException
 
 from monitor.api.deps import DetectorSettingsDep, ProjectDep
 from monitor.api.schemas import ProjectDetectorIn, ProjectDetectorOut
-from monitor.detector_settings import LayeredSettings
-from stabmon.detect.layers import LayerError
+from stabmon.detect.layers import LayeredSettings, LayerError
 
 router = APIRouter(prefix="/api/v1/project", tags=["project"])
 

@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
-from monitor.api.deps import DetectorSettingsDep, IngestDep, ProjectDep, StoreDep
+from monitor.api.deps import DetectorSettingsDep, ProjectDep, RegistrationDep, StoreDep
 from monitor.api.schemas import RunDetectorOut, RunList
-from monitor.store import NotFound
+from monitor.registration import ProjectMismatch
 from stabmon.detect.layers import LayerError
 from stabmon.wire import RunCreate, RunPublic, RunStatus, RunUpdate
 
@@ -27,9 +27,7 @@ router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 def create_run(
     body: RunCreate,
     project: ProjectDep,
-    store: StoreDep,
-    ingest: IngestDep,
-    detector: DetectorSettingsDep,
+    registration: RegistrationDep,
     response: Response,
 ):
     """Register a run in the token's project. With a client-chosen ``id`` the call is
@@ -40,30 +38,16 @@ def create_run(
     project's and the collector-wide overrides, which are saved with the run (422 naming the
     rule or field when its own are invalid, 409 when the project's no longer fit the
     collector-wide ones). See ``GET /api/v1/runs/{run_id}/detector``."""
-    if body.project is not None and body.project != project.name:
-        raise HTTPException(
-            status_code=403, detail=f"the token belongs to project {project.name!r}, not {body.project!r}"
-        )
-    if body.id is not None:
-        # A retried or resumed registration: the run keeps the settings it was registered
-        # with, even if the project's changed since in a way its own overrides clash with.
-        try:
-            existing = store.get_run(project.id, body.id)
-        except NotFound:
-            pass
-        else:
-            response.status_code = status.HTTP_200_OK
-            return existing
     try:
-        layers = detector.layers_for_new_run(project.id, body.config)
-        ingest.check_config(body.config, layers)  # a custom detector factory's own checks
+        run, created = registration.register(project, body)
+    except ProjectMismatch as e:
+        raise HTTPException(status_code=403, detail=str(e)) from e
     except LayerError as e:
         if e.layer == "run":  # the message names config.detector
             raise HTTPException(status_code=422, detail=str(e)) from e
         raise HTTPException(status_code=409, detail=f"{e}; fix them with PUT /api/v1/project/detector") from e
     except ValueError as e:
         raise HTTPException(status_code=422, detail=f"config.detector: {e}") from e
-    run, created = store.create_run(project.id, body, layers)
     if not created:
         response.status_code = status.HTTP_200_OK
     return run

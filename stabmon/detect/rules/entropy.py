@@ -15,9 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from stabmon.detect.config import EntropyConfig
-from stabmon.detect.finding import QUIET, fmt, json_float
+from stabmon.detect.finding import QUIET, fmt
 from stabmon.detect.levels import advance, level_of, median
 from stabmon.detect.rules.base import Rule
+from stabmon.wire import encode_value
 
 _FLOOR = 1e-12  # entropy 0 (exactly one-hot) gives a finite, huge drop factor
 
@@ -76,7 +77,7 @@ class EntropyRule(Rule):
     def evidence(self, key: str, s: dict[str, Any]) -> dict[str, Any]:
         return {
             "layer": s["L"],
-            "value": json_float(s["v"]),
-            "baseline": json_float(s["b"]),
-            "drop": json_float(s["drop"]),
+            "value": encode_value(s["v"]),
+            "baseline": encode_value(s["b"]),
+            "drop": encode_value(s["drop"]),
         }

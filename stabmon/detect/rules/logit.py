@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from stabmon.detect.config import LogitConfig
-from stabmon.detect.finding import QUIET, fmt, json_float
+from stabmon.detect.finding import QUIET, fmt
 from stabmon.detect.levels import advance, level_of
 from stabmon.detect.rules.base import Rule
+from stabmon.wire import encode_value
 
 
 class LogitRule(Rule):
@@ -61,7 +62,7 @@ class LogitRule(Rule):
     def evidence(self, key: str, s: dict[str, Any]) -> dict[str, Any]:
         return {
             "layer": s["L"],
-            "value": json_float(s["v"]),
-            "peak": json_float(s["peak"]),
+            "value": encode_value(s["v"]),
+            "peak": encode_value(s["peak"]),
             "bound": s["bound"],
         }

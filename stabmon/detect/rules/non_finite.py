@@ -14,8 +14,9 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from stabmon.detect.config import NonFiniteConfig
-from stabmon.detect.finding import CRITICAL, QUIET, WARNING, json_float
+from stabmon.detect.finding import CRITICAL, QUIET, WARNING
 from stabmon.detect.rules.base import Rule
+from stabmon.wire import encode_value
 
 
 class NonFiniteRule(Rule):
@@ -51,4 +52,4 @@ class NonFiniteRule(Rule):
         return f"{key} is {s['v']} (since step {s['since']})"
 
     def evidence(self, key: str, s: dict[str, Any]) -> dict[str, Any]:
-        return {"value": json_float(s["v"]), "since_step": s["since"]}
+        return {"value": encode_value(s["v"]), "since_step": s["since"]}

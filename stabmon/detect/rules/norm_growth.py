@@ -26,9 +26,10 @@ import math
 from typing import Any
 
 from stabmon.detect.config import NormGrowthConfig
-from stabmon.detect.finding import CRITICAL, QUIET, WARNING, fmt, json_float
+from stabmon.detect.finding import CRITICAL, QUIET, WARNING, fmt
 from stabmon.detect.levels import advance, median
 from stabmon.detect.rules.base import Rule
+from stabmon.wire import encode_value
 
 _TINY = 1e-30  # norms are >= 0; log of an exact 0 is clamped here
 _MAX_LOG_RATIO = 700.0  # exp() of more overflows
@@ -209,9 +210,9 @@ class NormGrowthRule(Rule):
 
     def evidence(self, key: str, s: dict[str, Any]) -> dict[str, Any]:
         return {
-            "value": json_float(s["v"]),
-            "growth": json_float(_ratio(s["g"])),
+            "value": encode_value(s["v"]),
+            "growth": encode_value(_ratio(s["g"])),
             "growth_steps": s["gs"],
-            "reference": json_float(_exp(s["g0"])),
-            "baseline_growth": json_float(_ratio(s["bg"])) if s["b"] is not None else None,
+            "reference": encode_value(_exp(s["g0"])),
+            "baseline_growth": encode_value(_ratio(s["bg"])) if s["b"] is not None else None,
         }

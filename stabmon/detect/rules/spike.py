@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from stabmon.detect.config import SpikeConfig
-from stabmon.detect.finding import QUIET, fmt, json_float
+from stabmon.detect.finding import QUIET, fmt
 from stabmon.detect.levels import advance, level_of, median_mad
 from stabmon.detect.rules.base import Rule
+from stabmon.wire import encode_value
 
 _MAD_TO_SIGMA = 1.4826  # MAD of a Gaussian is 0.6745 sigma
 _EPS = 1e-12
@@ -69,8 +70,8 @@ class SpikeRule(Rule):
 
     def evidence(self, key: str, s: dict[str, Any]) -> dict[str, Any]:
         return {
-            "value": json_float(s["v"]),
-            "median": json_float(s["med"]),
-            "z": json_float(s["z"]),
-            "rel": json_float(s["rel"]),
+            "value": encode_value(s["v"]),
+            "median": encode_value(s["med"]),
+            "z": encode_value(s["z"]),
+            "rel": encode_value(s["rel"]),
         }

@@ -10,9 +10,9 @@ failing or hanging receiver cannot slow ingest. Behind it:
   delivered (so a collector restart does not page twice) and schedules one delivery per
   (event, target);
 - ``webhook_workers`` *sender* threads take due deliveries from a time-ordered heap and POST
-  them. 2xx is delivered; 408/429/5xx, connection errors and timeouts are retried after
-  ``webhook_backoff_s * 2**(attempt-1)`` seconds (+ up to 10% jitter, ``Retry-After`` honoured,
-  capped at ``webhook_backoff_max_s``) up to ``webhook_max_attempts``; any other 4xx is final.
+  them (:mod:`monitor.alerts.delivery_http`: 2xx is delivered; 408/429/5xx, connection errors
+  and timeouts are retried with exponential backoff up to ``webhook_max_attempts``; any other
+  4xx is final).
   Each attempt is one :class:`~monitor.alerts.log.DeliveryAttempt` in the log.
 
 A receiver that hangs occupies one sender for ``webhook_timeout_s`` per attempt; the other
@@ -31,7 +31,6 @@ import heapq
 import itertools
 import logging
 import queue
-import random
 import threading
 import time
 import uuid
@@ -42,18 +41,18 @@ from typing import Any
 
 import httpx
 
+from monitor.alerts.delivery_http import backoff, is_retryable, post_once
 from monitor.alerts.events import classify_events
 from monitor.alerts.log import DeliveryAttempt, DeliveryLog, MemoryDeliveryLog, utcnow
 from monitor.alerts.outbox import Key, MemoryOutbox, Outbox, PendingDelivery, reconcile
 from monitor.alerts.payload import Event, build_payload
 from monitor.alerts.settings import WebhookSettings
-from monitor.alerts.targets import WebhookTarget, merge_targets, redact_url, run_targets
+from monitor.alerts.targets import WebhookTarget, merge_targets, run_targets
 
 log = logging.getLogger("stabmon.alerts")
 
 _STOP = object()
 _RESUME = object()
-_MAX_ERROR_CHARS = 500
 
 
 @dataclass(order=True)
@@ -399,26 +398,13 @@ class AlertDispatcher:
             with self._cond:
                 self._pending.discard(d.key)
             return
-        t0 = time.monotonic()
-        status: int | None = None
-        error: str | None = None
-        retry_after: float | None = None
-        try:
-            resp = self._http.post(d.target.url, json=d.payload)
-            status = resp.status_code
-            if not 200 <= status < 300:
-                error = (resp.text or resp.reason_phrase or "")[:_MAX_ERROR_CHARS] or f"HTTP {status}"
-                retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
-        except httpx.HTTPError as e:
-            # The exception text can contain the URL; keep only its class and a redacted hint.
-            error = f"{type(e).__name__}: {_scrub(str(e), d.target.url)}"[:_MAX_ERROR_CHARS]
-        duration_ms = (time.monotonic() - t0) * 1000.0
+        r = post_once(self._http, d.target.url, d.payload)
         self._bump("attempts")
 
-        if status is not None and 200 <= status < 300:
+        if r.delivered:
             outcome = "delivered"
         elif (
-            _retryable(status)
+            is_retryable(r.status)
             and d.attempt < s.webhook_max_attempts
             and (self.outbox.durable or not self._stopping)
         ):
@@ -436,9 +422,9 @@ class AlertDispatcher:
                 format=d.target.format,
                 attempt=d.attempt,
                 outcome=outcome,
-                status_code=status,
-                error=error,
-                duration_ms=round(duration_ms, 3),
+                status_code=r.status,
+                error=r.error,
+                duration_ms=round(r.duration_ms, 3),
             )
         )
         if outcome == "delivered":
@@ -446,7 +432,7 @@ class AlertDispatcher:
             self._finish(d)
         elif outcome == "retrying":
             self._bump("retried")
-            delay = self._backoff(d.attempt, retry_after, jitter=True)
+            delay = self._backoff(d.attempt, r.retry_after, jitter=True)
             d.attempt += 1
             d.due = self._clock() + delay
             d.seq = next(self._seq)
@@ -461,37 +447,12 @@ class AlertDispatcher:
                 d.event,
                 d.target.display_url,
                 d.attempt,
-                error,
+                r.error,
             )
 
     def _backoff(self, attempt: int, retry_after: float | None = None, jitter: bool = False) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (jitter only lengthens it)."""
-        s = self.settings
-        delay = s.webhook_backoff_s * (2 ** (attempt - 1))
-        if jitter:
-            delay *= 1.0 + 0.1 * random.random()
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return min(delay, s.webhook_backoff_max_s)
+        return backoff(self.settings, attempt, retry_after, jitter)
 
     def _bump(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
             self.stats[key] += n
-
-
-def _retryable(status: int | None) -> bool:
-    """Connection errors/timeouts (no status), 408, 429 and 5xx are worth another try."""
-    return status is None or status in (408, 429) or status >= 500
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: rare for webhooks; the exponential backoff applies
-
-
-def _scrub(text: str, url: str) -> str:
-    return text.replace(url, redact_url(url))

@@ -204,7 +204,7 @@ def outcome_score(runs: Sequence[Run], first: dict[str, int | None]) -> dict[str
 
 def early_stop_replay(runs: Sequence[Run], crit: dict[str, int | None]) -> dict[str, Any]:
     """What ``stabmon sweep --early-stop`` would have done to these (full) runs."""
-    from stabmon_cli.sweep import max_stable_lr
+    from trainer_hooks.lab.sweep_results import max_stable_lr
 
     full = sum(r.steps for r in runs)
     stopped = [r for r in runs if crit.get(r.name) is not None]

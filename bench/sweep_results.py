@@ -25,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repo's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stabmon_cli.sweep import max_stable_lr  # noqa: E402
+from trainer_hooks.lab.sweep_results import max_stable_lr  # noqa: E402
 
 
 def _mean(xs: Sequence[float]) -> float | None:

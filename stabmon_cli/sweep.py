@@ -14,6 +14,8 @@ from pathlib import Path
 
 import typer
 
+from trainer_hooks.lab.sweep_results import max_stable_lr
+
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
     try:
@@ -27,27 +29,6 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise typer.BadParameter(f"{name} must be comma-separated integers, got {text!r}") from None
-
-
-def max_stable_lr(rows: list[dict]) -> dict[str, float | None]:
-    """Per variant, the top of the stable range: the largest LR of the grid such that no seed
-    diverged at it or at any smaller LR (None: already the smallest LR diverged). A stable LR
-    above a diverging one (a lucky seed pair) does not extend the range, and a run the detector
-    stopped early (``stopped_early``) counts as unstable: it was not allowed to show otherwise."""
-    out: dict[str, float | None] = {}
-    for v in dict.fromkeys(r["variant"] for r in rows):
-        by_lr: dict[float, bool] = {}
-        for r in rows:
-            if r["variant"] == v:
-                bad = bool(r["diverged"]) or bool(r.get("stopped_early"))
-                by_lr[r["lr"]] = by_lr.get(r["lr"], False) or bad
-        top = None
-        for lr in sorted(by_lr):
-            if by_lr[lr]:
-                break
-            top = lr
-        out[v] = top
-    return out
 
 
 def sweep_cmd(

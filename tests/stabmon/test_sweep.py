@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from stabmon_cli.sweep import max_stable_lr
 from trainer_hooks.client import read_jsonl
 from trainer_hooks.lab.sweep import RESULT_COLUMNS, Cell, SweepConfig, config_dict, load_detail, run_sweep
+from trainer_hooks.lab.sweep_results import max_stable_lr
 
 STEPS = 6
 # Attention-logit bounds no real run stays under: the detector goes critical on the first step.

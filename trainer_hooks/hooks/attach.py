@@ -87,6 +87,7 @@ def build_plan(
     attn_rows: int | None = 16,
     lm_head: bool = True,
     params: bool = True,
+    update_stats: bool = False,
 ) -> Plan:
     """Discover the sites of ``model`` and decide what each hook computes (see module docstring)."""
     family, found = discover_sites(model, sites)
@@ -95,7 +96,7 @@ def build_plan(
     for name, ref in found.items():
         by_layer.setdefault(ref.layer, {})[ref.site] = name
     configs = _configs(model)
-    plan = Plan(family=family, sites=[], attn_rows=attn_rows, params=params)
+    plan = Plan(family=family, sites=[], attn_rows=attn_rows, params=params, update_stats=update_stats)
     for name, ref in sorted(found.items(), key=lambda kv: (kv[1].layer, kv[0])):
         layer_sites = by_layer[ref.layer]
         attn = _parent(modules, name)
@@ -160,6 +161,7 @@ def attach(
     attn_rows: int | None = 16,
     lm_head: bool = True,
     params: bool = True,
+    update_stats: bool = False,
 ) -> Monitor:
     """Install stabmon's forward hooks on ``model`` and return the :class:`Monitor` handle.
 
@@ -186,9 +188,11 @@ def attach(
             step for stabmon's GPT (a forward-only attention recomputed per layer).
         lm_head: record ``lm_head.logit_max_abs``/``logz_mean``/``logz_max`` from 64 sampled
             positions of the LM head's logits (cost 64 x vocabulary).
-        params: record per-site ``grad_norm``, ``param_norm`` and, with an Adam/AdamW optimizer,
-            ``update_rms`` and ``update_ratio`` (a few foreach passes over the parameters per
-            recorded step, after the optimizer step).
+        params: record per-site ``grad_norm`` and ``param_norm`` (two foreach norm passes over
+            the parameters per recorded step, after the optimizer step).
+        update_stats: also record Adam/AdamW's per-site ``update_rms`` and ``update_ratio``
+            (opt-in: about seven foreach passes over the parameters per recorded step, +1.6% of
+            a ``small``-preset CPU step; skipped for other optimizers).
         n_head: attention heads, when neither the attention modules nor ``model.config`` say.
         start_step: the number of the first step (for resumed runs).
 
@@ -220,7 +224,14 @@ def attach(
     ):
         raise ValueError(f"attach: attn_rows must be a positive integer or None, got {attn_rows!r}")
     plan = build_plan(
-        model, sites=sites, logits=logits, n_head=n_head, attn_rows=attn_rows, lm_head=lm_head, params=params
+        model,
+        sites=sites,
+        logits=logits,
+        n_head=n_head,
+        attn_rows=attn_rows,
+        lm_head=lm_head,
+        params=params,
+        update_stats=update_stats,
     )
     return Monitor(model, plan, sink, every=every, optimizer=optimizer, reduce=reduce, start_step=start_step)
 

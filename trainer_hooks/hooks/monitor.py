@@ -61,6 +61,8 @@ class Plan:
     """Query rows those modules' probes sample per recorded forward (``probe_rows``)."""
     params: bool = True
     """Whether parameter-side statistics are computed (:mod:`.param_stats`)."""
+    update_stats: bool = False
+    """Whether Adam's ``update_rms``/``update_ratio`` are computed too (opt-in: the costliest)."""
 
 
 class Monitor:
@@ -83,7 +85,8 @@ class Monitor:
         self.optimizer = optimizer
         self.reduce = reduce
         self.family = plan.family
-        self.sites: dict[str, SiteRef] = {sp.name: sp.ref for sp in plan.sites}
+        self.sites: dict[str, SiteRef] = {sp.name: sp.ref for sp in plan.sites if sp.hooked}
+        self._site_names: dict[str, SiteRef] = {sp.name: sp.ref for sp in plan.sites}
         self.rank, self.world = rank_and_world()
         self._step = start_step
         self._recording = start_step % every == 0
@@ -112,7 +115,7 @@ class Monitor:
         self._params: ParamStats | None = None
         if plan.params:
             pairs = [(sp.ref, modules[sp.name]) for sp in plan.sites if sp.ref.site in PARAM_SITES]
-            self._params = ParamStats(pairs, self._acc)
+            self._params = ParamStats(pairs, self._acc, updates=plan.update_stats)
         # Attention modules whose probes are fed only on the steps that are recorded: with
         # every=N the other steps do no probe work at all.
         self._toggled: list[nn.Module] = []
@@ -194,9 +197,12 @@ class Monitor:
             self._params = None
             log.warning("stabmon: disabling parameter statistics (%s: %s)", type(e).__name__, e)
 
-    def _grads_norm(self) -> torch.Tensor | None:
+    def _grads_list(self) -> list[torch.Tensor]:
         assert self.optimizer is not None
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        return [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+    def _grads_norm(self) -> torch.Tensor | None:
+        grads = self._grads_list()
         if not grads:
             return None
         # foreach norms grouped per device, combined on the first grad's device: no host sync.

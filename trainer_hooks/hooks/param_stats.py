@@ -59,7 +59,10 @@ def unwrap_optimizer(optimizer: Any) -> Any:
 class ParamStats:
     """The parameter-side statistics of one monitor (see the module docstring)."""
 
-    def __init__(self, modules: Sequence[tuple[SiteRef, nn.Module]], acc: StepAccumulator) -> None:
+    def __init__(
+        self, modules: Sequence[tuple[SiteRef, nn.Module]], acc: StepAccumulator, updates: bool = True
+    ) -> None:
+        self.updates = updates
         self.params: list[nn.Parameter] = []
         site_of: list[int] = []
         refs: list[SiteRef] = []
@@ -77,7 +80,7 @@ class ParamStats:
         self.numel = [float(p.numel()) for p in self.params]
         self.ids = {
             stat: [acc.register(_key(ref, stat)) for ref in refs]
-            for stat in ("grad_norm", "param_norm", "update_rms", "update_ratio")
+            for stat in ("grad_norm", "param_norm", *(("update_rms", "update_ratio") if updates else ()))
         }
         self._cache: dict[Any, Any] = {}
         self._groups: tuple[int, dict[int, int]] | None = None
@@ -139,7 +142,7 @@ class ParamStats:
         slots, sites, _ = self._layout(with_grad, device)
         gsq = self._stack_sq(torch._foreach_norm([self.params[i].grad for i in with_grad]), device)
         self._emit(acc, "grad_norm", sites, self._site_sum(gsq, slots, len(sites)).sqrt_())
-        if optimizer is not None and isinstance(optimizer, ADAM_TYPES):
+        if self.updates and isinstance(optimizer, ADAM_TYPES):
             self._add_adam(acc, optimizer, psq)
 
     def _group_of(self, optimizer: torch.optim.Optimizer) -> dict[int, int]:

@@ -14,6 +14,21 @@ Every statistic is one series, named by a dotted key:
 - a run-level name without a layer: ``loss``, ``lr``, ``grad_norm``, ``val_loss``, or
   anything the user passes to ``monitor.step(**extra)`` (``tokens_per_s``, ...).
 
+Training-side signals beyond the output norms (see the block "Signals" below):
+
+- ``layer.{i}.{site}.grad_norm`` / ``param_norm``: L2 norm of the gradient / of the parameters
+  (weight and bias) of a site's module; sites are the projections above and the block's norm
+  layers :data:`NORM_SITES` (``attn_norm``, ``mlp_norm``, ``qkv_norm``, ``q_norm``, ``k_norm``,
+  ``proj_norm``, ``fc2_norm``), whose parameters are their gains.
+- ``layer.{i}.{site}.update_rms``: Adam's ``sqrt(mean((g / (sqrt(v_hat) + eps))^2))`` over the
+  site's parameters (about 1 in steady state, larger when a gradient outgrows its running second
+  moment); ``layer.{i}.{site}.update_ratio``: ``||delta w|| / ||w||`` of the step just taken.
+- ``layer.{i}.attn.entropy_min_head``: the smallest per-head mean attention entropy (one head
+  collapsing); ``layer.{i}.resid.max_abs``: the largest |x| of the residual stream after block i.
+- run-level ``lm_head.logit_max_abs``, ``lm_head.logz_mean``, ``lm_head.logz_max`` (the LM head's
+  largest |logit| and the mean and max log-partition ``logsumexp`` over sampled positions), and
+  ``final_norm.{stat}`` (the final normalisation's gain, with the same stats as a site).
+
 Keys match :data:`KEY_PATTERN`: ASCII letters, digits and ``_``, in dot-separated parts,
 at most :data:`MAX_KEY_LEN` characters.
 
@@ -101,6 +116,28 @@ def match_layer_key(key: str) -> tuple[int, str, str] | None:
     key is taken apart (the store's series columns, the detector's per-layer rules)."""
     m = _LAYER_KEY_RE.match(key)
     return None if m is None else (int(m.group(1)), m.group(2), m.group(3))
+
+
+# ---------------------------------------------------------------------------
+# Signals: names of the training side's gradient, optimizer, residual-stream and LM-head
+# series (documented in the module docstring). Kept in this one block.
+# ---------------------------------------------------------------------------
+NORM_SITES = ("attn_norm", "mlp_norm", "qkv_norm", "q_norm", "k_norm", "proj_norm", "fc2_norm")
+"""A block's normalisation layers: only their parameters are monitored."""
+RESID_SITE = "resid"
+"""The residual stream after a block (``layer.{i}.resid.max_abs``)."""
+PARAM_STATS = ("grad_norm", "param_norm", "update_rms", "update_ratio")
+"""Per-site parameter-side statistics."""
+LM_HEAD_STATS = ("logit_max_abs", "logz_mean", "logz_max")
+"""Run-level statistics of the LM head's logits (``lm_head.{stat}``)."""
+
+
+def model_key(part: str, stat: str) -> str:
+    """``{part}.{stat}``: a run-level statistic of a model-level module (``lm_head``, ``final_norm``)."""
+    return f"{part}.{stat}"
+
+
+# ---------------------------------------------------------------------------
 
 
 class SeriesKey(BaseModel):

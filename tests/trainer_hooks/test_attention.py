@@ -57,15 +57,15 @@ def test_recorded_fast_path_keeps_probes_out_of_autograd(variant):
 @pytest.mark.parametrize("variant", UNCAPPED + CAPPED)
 def test_probes_see_masked_logits_and_probabilities(variant):
     attn = _attn(variant)
+    attn.probe_rows = None  # the whole map
     seen = {}
     attn.logit_probe.register_forward_hook(lambda m, i, o: seen.__setitem__("logits", o))
     attn.prob_probe.register_forward_hook(lambda m, i, o: seen.__setitem__("probs", o))
     x = torch.randn(2, 9, attn.n_embd, dtype=torch.float64)
     attn(x)
-    if not attn.caps_logits:  # the fast path calls no probe
-        assert seen == {}
-        attn.record_attention = True
-        attn(x)
+    assert seen == {}  # probes are fed only when recording
+    attn.record_attention = True
+    attn(x)
     logits, probs = seen["logits"], seen["probs"]
     assert logits.shape == probs.shape == (2, attn.n_head, 9, 9)
     future = torch.ones(9, 9, dtype=torch.bool).triu(1)
@@ -87,6 +87,7 @@ def test_capped_variant_matches_explicit_softmax_of_capped_logits():
     seen = {}
     attn.logit_probe.register_forward_hook(lambda m, i, o: seen.__setitem__("logits", o))
     attn.prob_probe.register_forward_hook(lambda m, i, o: seen.__setitem__("probs", o))
+    attn.record_attention, attn.probe_rows = True, None
     attn(x)
     future = torch.ones(5, 5, dtype=torch.bool).triu(1)
     capped = (0.5 * torch.tanh(seen["logits"] / 0.5)).masked_fill(future, float("-inf"))
@@ -122,6 +123,7 @@ def test_capped_attention_logits_bounded_in_model(scale, seed):
     layer output stays finite."""
     torch.manual_seed(seed)
     attn = CausalSelfAttention(preset("tiny", variant="soft_cap", softmax_cap=50.0))
+    attn.record_attention, attn.probe_rows = True, None
     seen = {}
     attn.logit_probe.register_forward_hook(lambda m, i, o: seen.__setitem__("logits", o))
     with torch.no_grad():
@@ -136,3 +138,32 @@ def test_capped_attention_logits_bounded_in_model(scale, seed):
 def test_soft_cap_rejects_nonpositive_cap():
     with pytest.raises(ValueError, match="cap"):
         SoftCap(0.0)
+
+
+@pytest.mark.parametrize("variant", ["baseline", "qk_norm_cap"])
+def test_sampled_probes_see_rows_of_one_sequence_rotating(variant):
+    """With ``probe_rows=S`` the probes get (1, nh, S, T): rows of the full map, chosen by
+    ``probe_index`` from the step counter, which advances once per recorded forward."""
+    from trainer_hooks.hooks.stats import probe_index
+
+    attn = _attn(variant)
+    attn.record_attention, attn.probe_rows = True, 4
+    seen = {}
+    attn.logit_probe.register_forward_hook(lambda m, i, o: seen.__setitem__("logits", o))
+    attn.prob_probe.register_forward_hook(lambda m, i, o: seen.__setitem__("probs", o))
+    x = torch.randn(3, 16, attn.n_embd, dtype=torch.float64)
+    full_attn = _attn(variant)
+    full_attn.record_attention, full_attn.probe_rows = True, None
+    full = {}
+    full_attn.logit_probe.register_forward_hook(lambda m, i, o: full.__setitem__("logits", o))
+    full_attn.prob_probe.register_forward_hook(lambda m, i, o: full.__setitem__("probs", o))
+    full_attn(x)
+    picked = set()
+    for step in range(6):
+        b, rows = probe_index(torch.tensor(step), 3, 16, 4)
+        attn(x)
+        assert seen["logits"].shape == seen["probs"].shape == (1, attn.n_head, 4, 16)
+        for name in ("logits", "probs"):
+            torch.testing.assert_close(seen[name][0], full[name][b.item()][:, rows])
+        picked.add((b.item(), rows[0].item()))
+    assert int(attn.probe_step) == 6 and len(picked) == 6  # every step a different sample

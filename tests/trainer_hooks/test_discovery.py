@@ -25,11 +25,26 @@ def test_stabmon_gpt_all_variants(variant):
             ("mlp.fc2", "fc2"),
             ("attn.logit_probe", "logit_probe"),
             ("attn.prob_probe", "prob_probe"),
+            ("attn.qk_probe", "qk_probe"),
+            ("ln_2", "mlp_norm"),
         ]:
             expected[f"blocks.{i}.{name}"] = SiteRef(i, site)
+        expected[f"blocks.{i}"] = SiteRef(i, "resid")
+        spec = VARIANTS[variant]
+        # A variant's norms are parameter-only sites where it has them (Identity elsewhere).
+        for name, site, on in [
+            ("ln_1", "attn_norm", spec.pre_attn_ln),
+            ("attn.qkv_norm", "qkv_norm", spec.qkv_norm),
+            ("attn.q_norm", "q_norm", spec.qk_norm),
+            ("attn.k_norm", "k_norm", spec.qk_norm),
+            ("attn.proj_norm", "proj_norm", spec.out_norm),
+            ("mlp.fc2_norm", "fc2_norm", spec.out_norm),
+        ]:
+            if on:
+                expected[f"blocks.{i}.{name}"] = SiteRef(i, site)
+    expected["ln_f"] = SiteRef(-1, "final_norm")
+    expected["lm_head"] = SiteRef(-1, "lm_head")
     assert found == expected
-    # Variant norms (qkv_norm, q_norm, proj_norm, fc2_norm) are never mistaken for sites.
-    assert not any("norm" in n for n in found)
 
 
 def test_nanogpt():
@@ -39,7 +54,11 @@ def test_nanogpt():
     assert found["transformer.h.0.attn.c_proj"] == SiteRef(0, "proj")
     assert found["transformer.h.1.mlp.c_fc"] == SiteRef(1, "fc1")
     assert found["transformer.h.1.mlp.c_proj"] == SiteRef(1, "fc2")
-    assert len(found) == 12
+    assert found["transformer.h.1"] == SiteRef(1, "resid")
+    assert found["transformer.h.1.ln_1"] == SiteRef(1, "attn_norm")
+    assert found["transformer.ln_f"] == SiteRef(-1, "final_norm")
+    assert found["lm_head"] == SiteRef(-1, "lm_head")
+    assert len(found) == 3 * 7 + 2
 
 
 def test_hf_gpt2_conv1d():
@@ -54,7 +73,12 @@ def test_hf_gpt2_conv1d():
             ("attn.c_proj", "proj"),
             ("mlp.c_fc", "fc1"),
             ("mlp.c_proj", "fc2"),
+            ("ln_1", "attn_norm"),
+            ("ln_2", "mlp_norm"),
         ]
+    } | {f"transformer.h.{i}": SiteRef(i, "resid") for i in range(2)} | {
+        "transformer.ln_f": SiteRef(-1, "final_norm"),
+        "lm_head": SiteRef(-1, "lm_head"),
     }
     assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
     plan = build_plan(model)
@@ -65,8 +89,13 @@ def test_hf_gpt2_conv1d():
 def test_llama_mapping():
     family, found = discover_sites(llama())
     assert family == "llama"
-    layer0 = {n.split("layers.0.")[1]: ref.site for n, ref in found.items() if ".layers.0." in n}
+    layer0 = {n.split("layers.0")[1]: ref.site for n, ref in found.items() if ".layers.0" in n}
+    assert found["model.norm"] == SiteRef(-1, "final_norm") and found["lm_head"] == SiteRef(-1, "lm_head")
+    layer0 = {k.lstrip("."): v for k, v in layer0.items()}
     assert layer0 == {
+        "": "resid",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "mlp_norm",
         "self_attn.q_proj": "q",
         "self_attn.k_proj": "k",
         "self_attn.v_proj": "v",

@@ -41,7 +41,7 @@ def test_remove_leaves_the_model_as_it_was(make):
     mon.remove()
     mon.remove()  # idempotent
     assert all_hooks_empty(model)
-    assert not opt._optimizer_step_pre_hooks
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
     if make is stabmon_gpt:
         assert [b.attn.record_attention for b in model.blocks] == [False, True]
     for n, m in model.named_modules():

@@ -58,7 +58,7 @@ def test_stabmon_gpt_every_site_and_variant(variant):
     model = stabmon_gpt(variant)
     names = [f"blocks.{i}.{n}" for i in range(2) for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
     post = [f"blocks.{i}.attn.qkv_norm" for i in range(2)]  # (B, T, 3C) as the attention reads it
-    values, outs, mon = _one_step(model, names + post, [_idx()])
+    values, outs, mon = _one_step(model, names + post, [_idx()], attn_rows=None)
     _check_l2(values, outs, {n: f"layer.{n.split('.')[1]}.{n.split('.')[-1]}" for n in names})
     for i in range(2):
         attn = model.blocks[i].attn
@@ -69,6 +69,11 @@ def test_stabmon_gpt_every_site_and_variant(variant):
             attn.float()
         scale = 1 / math.sqrt(attn.head_dim)
         assert values[f"layer.{i}.attn.logit_max"] == pytest.approx(causal_abs_max(q, k, scale), rel=1e-5)
+        # Beside it, the bound max_h max|q_h| max|k_h| / sqrt(hs) over every token.
+        qn, kn = q.norm(dim=-1).amax(dim=(0, 2)), k.norm(dim=-1).amax(dim=(0, 2))  # (nh,)
+        assert values[f"layer.{i}.attn.logit_bound"] == pytest.approx(
+            (qn * kn).max().item() * scale, rel=1e-5
+        )
         # Entropy of the softmax the model takes: over the capped logits for capping variants.
         z = torch.einsum("bhid,bhjd->bhij", q, k) * scale
         T = z.shape[-1]
@@ -78,7 +83,6 @@ def test_stabmon_gpt_every_site_and_variant(variant):
         p = torch.softmax(z, dim=-1)
         h = -(p * torch.log(p.clamp_min(1e-300))).sum(-1).mean().item()
         assert values[f"layer.{i}.attn.entropy_mean"] == pytest.approx(h, rel=1e-5)
-    assert "layer.0.attn.logit_bound" not in values
     assert all(not b.attn.record_attention for b in model.blocks)  # restored by remove()
 
 
@@ -101,7 +105,7 @@ def test_fused_qkv_exact_logit_max(make):
     model = make()
     qkv = [f"transformer.h.{i}.attn.c_attn" for i in range(2)]
     other = [f"transformer.h.{i}.{n}" for i in range(2) for n in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
-    values, outs, _ = _one_step(model, qkv + other, [_idx()])
+    values, outs, _ = _one_step(model, qkv + other, [_idx()], attn_rows=None)
     keys = {}
     for n in qkv + other:
         i = int(n.split(".")[2])
@@ -152,7 +156,7 @@ def test_llama_every_site_and_logit_bound():
 def test_gradient_accumulation_aggregates_forwards():
     model = nano()
     names = ["transformer.h.0.mlp.c_proj", "transformer.h.1.attn.c_attn"]
-    values, outs, _ = _one_step(model, names, [_idx(1), _idx(2, B=2, T=9), _idx(3)])
+    values, outs, _ = _one_step(model, names, [_idx(1), _idx(2, B=2, T=9), _idx(3)], attn_rows=None)
     for name, key in zip(names, ["layer.0.fc2", "layer.1.qkv"], strict=True):
         norms = [token_norms(o) for o in outs[name]]
         assert len(norms) == 3

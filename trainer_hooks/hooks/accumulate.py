@@ -31,8 +31,9 @@ def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def kind_of(stat: str) -> int:
-    """How a statistic aggregates over forwards and ranks: means average, everything else maxes."""
-    return MEAN if stat.endswith("_mean") else MAX
+    """How a statistic aggregates over forwards and ranks: means and per-head minima
+    (``entropy_min_head``) average, everything else maxes."""
+    return MEAN if stat.endswith("_mean") or "_min" in stat else MAX
 
 
 class StepAccumulator:

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .discovery import SiteRef, discover_sites
-from .monitor import Monitor, Plan, Sink, SitePlan
+from .discovery import NORM_SITES, SiteRef, discover_sites
+from .monitor import Monitor, Plan, Sink
+from .site_hooks import SitePlan
 
 _HEAD_ATTRS = ("n_head", "num_heads", "n_heads", "num_attention_heads")
 
@@ -82,6 +83,11 @@ def build_plan(
     sites: Mapping[str, str] | None = None,
     logits: bool = True,
     n_head: int | None = None,
+    *,
+    attn_rows: int | None = 16,
+    lm_head: bool = True,
+    params: bool = True,
+    update_stats: bool = False,
 ) -> Plan:
     """Discover the sites of ``model`` and decide what each hook computes (see module docstring)."""
     family, found = discover_sites(model, sites)
@@ -90,21 +96,21 @@ def build_plan(
     for name, ref in found.items():
         by_layer.setdefault(ref.layer, {})[ref.site] = name
     configs = _configs(model)
-    plan = Plan(family=family, sites=[])
+    plan = Plan(family=family, sites=[], attn_rows=attn_rows, params=params, update_stats=update_stats)
     for name, ref in sorted(found.items(), key=lambda kv: (kv[1].layer, kv[0])):
         layer_sites = by_layer[ref.layer]
         attn = _parent(modules, name)
         sp = SitePlan(name=name, ref=ref)
-        if ref.site in ("logit_probe", "prob_probe"):
+        if ref.site in NORM_SITES or ref.site == "final_norm":
+            if not params:
+                continue
+            sp.hooked = False  # parameters only
+        elif ref.site == "lm_head" and not lm_head:
+            continue
+        elif ref.site in ("logit_probe", "prob_probe", "qk_probe"):
             if not logits:
                 continue
-            sp.attn = "probe" if ref.site == "logit_probe" else "entropy"
-            # stabmon's attention calls logit_probe then prob_probe: without a cap, the entropy
-            # comes from those logits without a log per entry (~2x cheaper on CPU). With a cap,
-            # the extra tanh pass costs more than the log it saves, so the direct formula is used.
-            uncapped = isinstance(getattr(attn, "logit_cap", None), nn.Identity)
-            if {"logit_probe", "prob_probe"} <= layer_sites.keys() and uncapped:
-                sp.paired = ref.site == "logit_probe"
+            sp.attn = {"logit_probe": "probe", "prob_probe": "entropy", "qk_probe": "bound"}[ref.site]
             if attn is not None and hasattr(attn, "record_attention"):
                 attn_name = name.rsplit(".", 1)[0]
                 if attn_name not in plan.record_attention:
@@ -122,6 +128,7 @@ def build_plan(
             if width is not None and (width % 3 or (width // 3) % sp.n_head):
                 raise ValueError(f"{name}: output width {width} is not 3 x a multiple of n_head={sp.n_head}")
             sp.scale = _scale(attn)
+            sp.rows = attn_rows
         elif logits and ref.site in ("q", "k") and {"q", "k"} <= layer_sites.keys() and not _qk_normed(attn):
             sp.attn = ref.site
             hd = _int_attr([attn, *configs], ("head_dim",))
@@ -151,6 +158,10 @@ def attach(
     *,
     n_head: int | None = None,
     start_step: int = 0,
+    attn_rows: int | None = 16,
+    lm_head: bool = True,
+    params: bool = True,
+    update_stats: bool = False,
 ) -> Monitor:
     """Install stabmon's forward hooks on ``model`` and return the :class:`Monitor` handle.
 
@@ -159,12 +170,29 @@ def attach(
         sink: receives one ``{"step", "rank", "values"}`` record per emitted step
             (``trainer_hooks.client``: ``Client``, ``MemorySink``, ...). None discards records.
         every: emit every N-th step; on other steps the hooks return immediately.
-        optimizer: if given, ``lr`` and ``grad_norm`` are recorded without being passed to ``step()``.
+        optimizer: if given, ``lr`` and ``grad_norm`` are recorded without being passed to ``step()``,
+            and the parameter statistics are taken right after each ``optimizer.step()``, with
+            Adam's ``update_rms``/``update_ratio`` for ``torch.optim.Adam``/``AdamW`` (skipped for
+            other optimizers). It can also be given later, to ``step(optimizer=...)``.
         sites: explicit mapping ``{regex: site}`` replacing auto-discovery (see ``discovery``).
         reduce: under ``torch.distributed``, combine ranks (max of maxima, mean of means) with one
             collective per emitted step; rank 0 alone writes to its sink.
-        logits: record attention-logit statistics (and entropy where the model exposes
-            probabilities). For stabmon's GPT this switches attention to its explicit path.
+        logits: record attention-logit statistics: the logit max and the attention entropy
+            (mean, and min over heads) from ``attn_rows`` sampled query rows of one sequence per
+            step where the logits can be computed exactly (stabmon's GPT through its probes,
+            fused q|k|v models), and the bound max|q| max|k| / sqrt(hs) over every token
+            (stabmon's GPT, rotary models).
+        attn_rows: query rows per layer and recorded step for the sampled attention statistics
+            (fixed cost in the batch size, linear in the context). ``None`` computes the whole
+            (B, nh, T, T) map instead: exact maxima, but on CPU about +15% of a ``small``-preset
+            step for stabmon's GPT (a forward-only attention recomputed per layer).
+        lm_head: record ``lm_head.logit_max_abs``/``logz_mean``/``logz_max`` from 64 sampled
+            positions of the LM head's logits (cost 64 x vocabulary).
+        params: record per-site ``grad_norm`` and ``param_norm`` (two foreach norm passes over
+            the parameters per recorded step, after the optimizer step).
+        update_stats: also record Adam/AdamW's per-site ``update_rms`` and ``update_ratio``
+            (opt-in: about seven foreach passes over the parameters per recorded step, +1.6% of
+            a ``small``-preset CPU step; skipped for other optimizers).
         n_head: attention heads, when neither the attention modules nor ``model.config`` say.
         start_step: the number of the first step (for resumed runs).
 
@@ -191,7 +219,20 @@ def attach(
         )
     if optimizer is not None and not hasattr(optimizer, "param_groups"):
         raise TypeError(f"attach: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    plan = build_plan(model, sites=sites, logits=logits, n_head=n_head)
+    if attn_rows is not None and (
+        isinstance(attn_rows, bool) or not isinstance(attn_rows, int) or attn_rows < 1
+    ):
+        raise ValueError(f"attach: attn_rows must be a positive integer or None, got {attn_rows!r}")
+    plan = build_plan(
+        model,
+        sites=sites,
+        logits=logits,
+        n_head=n_head,
+        attn_rows=attn_rows,
+        lm_head=lm_head,
+        params=params,
+        update_stats=update_stats,
+    )
     return Monitor(model, plan, sink, every=every, optimizer=optimizer, reduce=reduce, start_step=start_step)
 
 

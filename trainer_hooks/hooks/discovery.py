@@ -3,7 +3,10 @@
 A *site* is the role a module plays in a transformer block: the fused ``qkv`` projection (or
 separate ``q``/``k``/``v``), the attention output ``proj``, the MLP's ``fc1`` (and ``gate`` for
 gated MLPs) and ``fc2``, plus the attention probes of stabmon's own model (``logit_probe``,
-``prob_probe``: identity modules called with the attention logits and probabilities). Sites are
+``prob_probe``, ``qk_probe``: identity modules called with the attention logits, probabilities and
+``(q, k)``). Besides these, a block's output is the ``resid`` site (residual-stream max |x|), its
+normalisation layers are parameter-only sites (:data:`NORM_SITES`: their gains' norms, gradients
+and updates), and ``lm_head`` / ``final_norm`` are model-level sites (layer ``-1``). Sites are
 found by matching each module's qualified name against regular expressions whose named group
 ``layer`` (or else the first integer in the name) gives the block index. Built-in rules cover
 stabmon's ``GPT`` (``blocks.{i}.attn.qkv``), nanoGPT and Hugging Face GPT-2
@@ -23,9 +26,15 @@ from torch import nn
 
 OUTPUT_SITES = ("qkv", "q", "k", "v", "proj", "fc1", "gate", "fc2")
 """Sites whose output L2 norms are recorded (``layer.{i}.{site}.l2_mean`` / ``l2_max``)."""
-PROBE_SITES = ("logit_probe", "prob_probe")
-"""Identity modules that receive attention logits / probabilities (``layer.{i}.attn.*``)."""
-ALL_SITES = OUTPUT_SITES + PROBE_SITES
+PROBE_SITES = ("logit_probe", "prob_probe", "qk_probe")
+"""Identity modules that receive attention logits / probabilities / (q, k) (``layer.{i}.attn.*``)."""
+NORM_SITES = ("attn_norm", "mlp_norm", "qkv_norm", "q_norm", "k_norm", "proj_norm", "fc2_norm")
+"""Normalisation layers of a block: only their parameters are monitored (no forward hook)."""
+BLOCK_SITES = ("resid",)
+"""The block itself: its output is the residual stream after the block."""
+MODEL_SITES = ("lm_head", "final_norm")
+"""Model-level modules (layer -1): the LM head's logits, the final normalisation's gain."""
+ALL_SITES = OUTPUT_SITES + PROBE_SITES + NORM_SITES + BLOCK_SITES + MODEL_SITES
 
 
 class SiteRef(NamedTuple):
@@ -46,12 +55,28 @@ BUILTIN_RULES: dict[str, tuple[tuple[str, str], ...]] = {
         (rf"(?:^|\.)blocks\.{_L}\.mlp\.fc2$", "fc2"),
         (rf"(?:^|\.)blocks\.{_L}\.attn\.logit_probe$", "logit_probe"),
         (rf"(?:^|\.)blocks\.{_L}\.attn\.prob_probe$", "prob_probe"),
+        (rf"(?:^|\.)blocks\.{_L}\.attn\.qk_probe$", "qk_probe"),
+        (rf"(?:^|\.)blocks\.{_L}$", "resid"),
+        (rf"(?:^|\.)blocks\.{_L}\.ln_1$", "attn_norm"),
+        (rf"(?:^|\.)blocks\.{_L}\.ln_2$", "mlp_norm"),
+        (rf"(?:^|\.)blocks\.{_L}\.attn\.qkv_norm$", "qkv_norm"),
+        (rf"(?:^|\.)blocks\.{_L}\.attn\.q_norm$", "q_norm"),
+        (rf"(?:^|\.)blocks\.{_L}\.attn\.k_norm$", "k_norm"),
+        (rf"(?:^|\.)blocks\.{_L}\.attn\.proj_norm$", "proj_norm"),
+        (rf"(?:^|\.)blocks\.{_L}\.mlp\.fc2_norm$", "fc2_norm"),
+        (r"(?:^|\.)ln_f$", "final_norm"),
+        (r"(?:^|\.)lm_head$", "lm_head"),
     ),
     "gpt2": (
         (rf"(?:^|\.)h\.{_L}\.attn\.c_attn$", "qkv"),
         (rf"(?:^|\.)h\.{_L}\.attn\.c_proj$", "proj"),
         (rf"(?:^|\.)h\.{_L}\.mlp\.c_fc$", "fc1"),
         (rf"(?:^|\.)h\.{_L}\.mlp\.c_proj$", "fc2"),
+        (rf"(?:^|\.)h\.{_L}$", "resid"),
+        (rf"(?:^|\.)h\.{_L}\.ln_1$", "attn_norm"),
+        (rf"(?:^|\.)h\.{_L}\.ln_2$", "mlp_norm"),
+        (r"(?:^|\.)ln_f$", "final_norm"),
+        (r"(?:^|\.)lm_head$", "lm_head"),
     ),
     "llama": (
         (rf"(?:^|\.)layers\.{_L}\.self_attn\.q_proj$", "q"),
@@ -61,6 +86,13 @@ BUILTIN_RULES: dict[str, tuple[tuple[str, str], ...]] = {
         (rf"(?:^|\.)layers\.{_L}\.mlp\.up_proj$", "fc1"),
         (rf"(?:^|\.)layers\.{_L}\.mlp\.gate_proj$", "gate"),
         (rf"(?:^|\.)layers\.{_L}\.mlp\.down_proj$", "fc2"),
+        (rf"(?:^|\.)layers\.{_L}$", "resid"),
+        (rf"(?:^|\.)layers\.{_L}\.input_layernorm$", "attn_norm"),
+        (rf"(?:^|\.)layers\.{_L}\.post_attention_layernorm$", "mlp_norm"),
+        (rf"(?:^|\.)layers\.{_L}\.self_attn\.q_norm$", "q_norm"),
+        (rf"(?:^|\.)layers\.{_L}\.self_attn\.k_norm$", "k_norm"),
+        (r"(?:^|\.)model\.norm$", "final_norm"),
+        (r"(?:^|\.)lm_head$", "lm_head"),
     ),
 }
 
@@ -105,14 +137,18 @@ def match_sites(model: nn.Module, rules: list[tuple[re.Pattern[str], str]]) -> d
     """
     found: dict[str, SiteRef] = {}
     owner: dict[SiteRef, str] = {}
-    for name, _module in model.named_modules():
+    for name, module in model.named_modules():
         if not name:
             continue
         for pattern, site in rules:
             m = pattern.search(name)
             if m is None:
                 continue
-            layer = _layer_of(name, m)
+            if site in NORM_SITES + ("final_norm",) and not any(
+                True for _ in module.parameters(recurse=False)
+            ):
+                break  # an Identity standing in for a norm the variant does not use
+            layer = -1 if site in MODEL_SITES else _layer_of(name, m)
             if layer is None:
                 raise ValueError(
                     f"module {name!r} matches {pattern.pattern!r} but its name has no layer index: "
@@ -153,7 +189,7 @@ def discover_sites(
         return "custom", found
     for family, rules in BUILTIN_RULES.items():
         found = match_sites(model, [(re.compile(p), s) for p, s in rules])
-        if found:
+        if any(ref.site in OUTPUT_SITES for ref in found.values()):
             return family, found
     raise ValueError(
         f"stabmon does not recognise the architecture of {type(model).__name__}: none of its module "

@@ -9,8 +9,12 @@ hooks collected (and, with ``reduce=True``, across ranks), appends the run-level
 (``loss``, ``lr``, ``grad_norm``, extras), and moves everything to the host in one transfer; the
 record ``{"step", "rank", "values"}`` reaches the sink when that transfer has completed (at once
 on CPU; on CUDA at a later ``step()``/``flush()``, so the training thread never waits).
+Parameter-side statistics (per-site gradient and parameter norms, Adam's update RMS and
+update-to-weight ratio: :mod:`.param_stats`) are added to the same accumulator right after the
+optimizer's step (a step post-hook on the optimizer given to ``attach``/``step``/
+:meth:`Monitor.watch_optimizer`), or at ``step()`` without one, and travel in the same transfer.
 Monitoring never raises into training except for invalid arguments to ``step()``: a failing
-hook is disabled with a warning, a failing sink is logged.
+hook or statistic is disabled with a warning, a failing sink is logged.
 """
 
 from __future__ import annotations
@@ -27,41 +31,16 @@ from torch import nn
 from stabmon.wire import Sink, is_valid_key
 
 from .accumulate import HostTransfer, StepAccumulator, to_device
-from .discovery import SiteRef
+from .discovery import NORM_SITES, OUTPUT_SITES, SiteRef
 from .distributed import rank_and_world, reduce_step
-from .stats import (
-    entropy_from_logits,
-    entropy_mean,
-    fused_qkv_logit_max,
-    head_norm_max,
-    probe_logit_max,
-    probe_logit_rows,
-    rotary_logit_bound,
-    token_l2,
-)
+from .param_stats import ParamStats, unwrap_optimizer
+from .site_hooks import SitePlan, site_compute
+
+_UNSET = object()
+PARAM_SITES = (*OUTPUT_SITES, *NORM_SITES, "final_norm")
+"""Sites whose parameters get gradient/parameter/update statistics."""
 
 log = logging.getLogger("trainer_hooks.hooks")
-
-
-@dataclass
-class SitePlan:
-    """What the hook on one module computes."""
-
-    name: str
-    ref: SiteRef
-    attn: str | None = None
-    """None, or the attention statistic this module yields: ``fused`` (logit max from a fused
-    q|k|v output), ``q``/``k`` (half of the rotary logit bound), ``probe`` (logit max from a
-    logit probe), ``entropy`` (from a probability probe)."""
-    n_head: int | None = None
-    """Heads of a fused q|k|v output (``fused``)."""
-    head_dim: int | None = None
-    """Per-head width of a q or k output (``q``/``k``)."""
-    scale: float | None = None
-    """Logit scale (``fused``, ``q``/``k``); None means 1/sqrt(head size)."""
-    paired: bool = False
-    """``probe``: the layer's probability probe reuses this probe's (uncapped) logits for the
-    entropy (:func:`~.stats.entropy_from_logits`)."""
 
 
 @dataclass
@@ -70,6 +49,12 @@ class Plan:
     sites: list[SitePlan]
     record_attention: list[str] = field(default_factory=list)
     """Attention modules whose ``record_attention`` flag must be switched on for the probes."""
+    attn_rows: int | None = 16
+    """Query rows those modules' probes sample per recorded forward (``probe_rows``)."""
+    params: bool = True
+    """Whether parameter-side statistics are computed (:mod:`.param_stats`)."""
+    update_stats: bool = False
+    """Whether Adam's ``update_rms``/``update_ratio`` are computed too (opt-in: the costliest)."""
 
 
 class Monitor:
@@ -92,7 +77,8 @@ class Monitor:
         self.optimizer = optimizer
         self.reduce = reduce
         self.family = plan.family
-        self.sites: dict[str, SiteRef] = {sp.name: sp.ref for sp in plan.sites}
+        self.sites: dict[str, SiteRef] = {sp.name: sp.ref for sp in plan.sites if sp.hooked}
+        self._site_names: dict[str, SiteRef] = {sp.name: sp.ref for sp in plan.sites}
         self.rank, self.world = rank_and_world()
         self._step = start_step
         self._recording = start_step % every == 0
@@ -102,26 +88,40 @@ class Monitor:
         self._handles: list[Any] = []
         self._broken: set[str] = set()
         self._qk: dict[int, dict[str, torch.Tensor]] = {}  # layer -> pending per-head q/k maxima
-        self._logits: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (z0, row max)
         self._hook_grad_norm: torch.Tensor | None = None
+        self._params_done = False  # parameter statistics already added for this step
+        self._watched: set[int] = set()
         self._sink_failed = False
-        self._restore: list[tuple[nn.Module, Any]] = []
+        self._restore: list[tuple[nn.Module, str, Any]] = []
 
+        first = next(model.parameters(), None)
+        # Rotates the sampled statistics (attention rows, LM-head positions): a device counter,
+        # advanced by step(), so the hooks read no Python value that changes every step.
+        self.probe_step = torch.zeros(
+            (), dtype=torch.long, device=first.device if first is not None else None
+        )
         modules = dict(model.named_modules())
         for sp in plan.sites:
-            hook = self._make_hook(sp)
-            self._handles.append(modules[sp.name].register_forward_hook(hook))
-        # Attention modules whose explicit (probe-calling) path is switched on only for the
-        # steps that are recorded: with every=N the other steps keep the fused SDPA kernel.
+            if sp.hooked:
+                self._handles.append(modules[sp.name].register_forward_hook(self._make_hook(sp)))
+        self._params: ParamStats | None = None
+        if plan.params:
+            pairs = [(sp.ref, modules[sp.name]) for sp in plan.sites if sp.ref.site in PARAM_SITES]
+            self._params = ParamStats(pairs, self._acc, updates=plan.update_stats)
+        # Attention modules whose probes are fed only on the steps that are recorded: with
+        # every=N the other steps do no probe work at all.
         self._toggled: list[nn.Module] = []
         for name in plan.record_attention:
             attn = modules[name]
-            self._restore.append((attn, attn.record_attention))
+            self._restore.append((attn, "record_attention", vars(attn).get("record_attention", _UNSET)))
+            if hasattr(attn, "probe_rows"):
+                self._restore.append((attn, "probe_rows", vars(attn).get("probe_rows", _UNSET)))
+                attn.probe_rows = plan.attn_rows
             if not attn.record_attention:  # a user's own True is left alone
                 self._toggled.append(attn)
         self._set_record_attention()
         if optimizer is not None:
-            self._handles.append(optimizer.register_step_pre_hook(self._optimizer_pre_hook))
+            self.watch_optimizer(optimizer)
 
     # ------------------------------------------------------------------ hooks
     @property
@@ -135,76 +135,14 @@ class Monitor:
         return self._step
 
     def _make_hook(self, sp: SitePlan) -> Callable[..., None]:
-        layer, site = sp.ref
-        acc = self._acc
-        reg = acc.register
-        compute: Callable[[torch.Tensor], None]
-        if sp.attn == "probe" and sp.paired:
-            ids = (reg(f"layer.{layer}.attn.logit_max"),)
-
-            def compute(x: torch.Tensor) -> None:
-                logit_max, z0, row_max = probe_logit_rows(x)
-                acc.add(ids, logit_max.reshape(1))
-                self._logits[layer] = (z0, row_max)  # for the probability probe, called next
-
-        elif sp.attn == "probe":
-            ids = (reg(f"layer.{layer}.attn.logit_max"),)
-
-            def compute(x: torch.Tensor) -> None:
-                acc.add(ids, probe_logit_max(x).reshape(1))
-
-        elif sp.attn == "entropy":
-            ids = (reg(f"layer.{layer}.attn.entropy_mean"),)
-
-            def compute(x: torch.Tensor) -> None:
-                logits = self._logits.pop(layer, None)
-                if logits is None:
-                    acc.add(ids, entropy_mean(x).reshape(1))
-                else:
-                    acc.add(ids, entropy_from_logits(x, *logits, None).reshape(1))
-
-        elif sp.attn == "fused":
-            ids = (
-                reg(f"layer.{layer}.{site}.l2_mean"),
-                reg(f"layer.{layer}.{site}.l2_max"),
-                reg(f"layer.{layer}.attn.logit_max"),
-            )
-            n_head, scale = sp.n_head, sp.scale
-
-            def compute(x: torch.Tensor) -> None:
-                logit = fused_qkv_logit_max(x, n_head, scale).reshape(1)
-                acc.add(ids, torch.cat((token_l2(x), logit)))
-
-        elif sp.attn in ("q", "k"):
-            ids = (reg(f"layer.{layer}.{site}.l2_mean"), reg(f"layer.{layer}.{site}.l2_max"))
-            bound_ids = (reg(f"layer.{layer}.attn.logit_bound"),)
-            role, other = sp.attn, ("k" if sp.attn == "q" else "q")
-            head_dim, scale = sp.head_dim, sp.scale
-
-            def compute(x: torch.Tensor) -> None:
-                acc.add(ids, token_l2(x))
-                heads = head_norm_max(x, x.shape[-1] // head_dim)  # (n_heads,)
-                pending = self._qk.setdefault(layer, {})
-                mate = pending.pop(other, None)
-                if mate is None:
-                    pending[role] = heads
-                    return
-                q, k = (heads, mate) if role == "q" else (mate, heads)
-                acc.add(bound_ids, rotary_logit_bound(q, k, scale).reshape(1))
-
-        else:
-            ids = (reg(f"layer.{layer}.{site}.l2_mean"), reg(f"layer.{layer}.{site}.l2_max"))
-
-            def compute(x: torch.Tensor) -> None:
-                acc.add(ids, token_l2(x))
-
+        compute, raw = site_compute(sp, self._acc, self.probe_step, self._qk)
         name = sp.name
 
         def hook(module: nn.Module, args: Any, out: Any) -> None:
             # Cheapest checks first: skipped steps and evaluation forwards cost two attribute reads.
             if not self._recording or not module.training or name in self._broken:
                 return
-            x = out[0] if isinstance(out, (tuple, list)) else out
+            x = out if raw or not isinstance(out, (tuple, list)) else out[0]
             try:
                 compute(x)
             except Exception as e:  # never take the training job down; stop monitoring this site
@@ -217,20 +155,46 @@ class Monitor:
         for attn in self._toggled:
             attn.record_attention = self._recording
 
-    def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        # The gradients the optimizer is about to apply. Only trusted when this step's forward
-        # was already recorded: in a loop that calls mon.step() before optimizer.step(), this
-        # hook fires at the start of the next step with the previous step's gradients.
-        if not self._recording or self._acc.empty:
+    def watch_optimizer(self, optimizer: Any) -> None:
+        """Compute the parameter-side statistics right after each ``optimizer.step()`` (a step
+        post-hook: gradients are still there and the Adam state is the one the step used). The
+        first optimizer watched also gives ``lr`` and ``grad_norm`` defaults. Idempotent."""
+        opt = unwrap_optimizer(optimizer)
+        if self._removed or id(opt) in self._watched or not hasattr(opt, "register_step_post_hook"):
+            return
+        self._watched.add(id(opt))
+        if self.optimizer is None:
+            self.optimizer = opt
+        self._handles.append(opt.register_step_post_hook(self._after_optimizer_step))
+
+    def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        # Only trusted when this step's forward was already recorded: in a loop that calls
+        # mon.step() before optimizer.step(), this hook fires with the next step still ahead.
+        if not self._recording or self._acc.empty or self._params_done:
             return
         try:
-            self._hook_grad_norm = self._grads_norm()
+            if optimizer is self.optimizer:
+                self._hook_grad_norm = self._grads_norm()
+            self._add_params(optimizer)
         except Exception as e:
-            log.warning("stabmon: gradient norm failed (%s: %s)", type(e).__name__, e)
+            log.warning("stabmon: gradient statistics failed (%s: %s)", type(e).__name__, e)
+
+    def _add_params(self, optimizer: Any) -> None:
+        self._params_done = True
+        if self._params is None:
+            return
+        try:
+            self._params.add(self._acc, optimizer)
+        except Exception as e:  # never take training down: stop computing these statistics
+            self._params = None
+            log.warning("stabmon: disabling parameter statistics (%s: %s)", type(e).__name__, e)
+
+    def _grads_list(self) -> list[torch.Tensor]:
+        assert self.optimizer is not None
+        return [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
 
     def _grads_norm(self) -> torch.Tensor | None:
-        assert self.optimizer is not None
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grads = self._grads_list()
         if not grads:
             return None
         # foreach norms grouped per device, combined on the first grad's device: no host sync.
@@ -243,6 +207,7 @@ class Monitor:
         *,
         lr: float | torch.Tensor | None = None,
         grad_norm: float | torch.Tensor | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
         **extra: float | torch.Tensor,
     ) -> None:
         """Close the current training step and emit its record (on recording steps).
@@ -251,10 +216,16 @@ class Monitor:
         each is a Python number or a one-element tensor (kept on the device until the step's
         single transfer). With ``optimizer=`` given to :func:`attach`, ``lr`` defaults to
         ``param_groups[0]["lr"]`` and ``grad_norm`` to the L2 norm of the parameters' gradients
-        (taken just before ``optimizer.step()``, or now if gradients are present).
+        (taken at ``optimizer.step()``, or now if gradients are present). ``optimizer`` is watched
+        from now on (:meth:`watch_optimizer`); call ``step()`` after ``optimizer.step()`` so that
+        this step's Adam statistics come from the state the update used.
         """
         if self._removed:
             return
+        if optimizer is not None:
+            self.watch_optimizer(optimizer)
+        if self._recording and not self._params_done and not self._acc.empty:
+            self._add_params(unwrap_optimizer(optimizer) if optimizer is not None else None)
         if self._recording:
             scalars: dict[str, Any] = {}
             if loss is not None:
@@ -278,8 +249,10 @@ class Monitor:
         else:
             self._acc.clear()
         self._qk.clear()
-        self._logits.clear()
         self._hook_grad_norm = None
+        self._params_done = False
+        if self._recording:
+            self.probe_step.add_(1)
         self._step += 1
         self._recording = self._step % self.every == 0
         if self.every > 1:
@@ -377,8 +350,11 @@ class Monitor:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        for module, old in self._restore:
-            module.record_attention = old
+        for module, attr, old in self._restore:
+            if old is _UNSET:  # it was the class's default: leave no instance attribute behind
+                vars(module).pop(attr, None)
+            else:
+                setattr(module, attr, old)
         self._restore.clear()
         self._toggled.clear()
         self._emit_ready(drain=True)

@@ -145,3 +145,110 @@ def rotary_logit_bound(q_max: torch.Tensor, k_max: torch.Tensor, scale: float) -
     """
     groups = q_max.shape[0] // k_max.shape[0]
     return (q_max * k_max.repeat_interleave(groups)).amax() * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampled attention rows, per-head entropy, residual stream, LM head.
+# ---------------------------------------------------------------------------------------------
+def probe_index(counter: torch.Tensor, B: int, T: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which query rows a sampled attention probe looks at: ``(sequence (1,), rows (S,))``.
+
+    ``S = min(rows, T)`` query positions of one sequence, strided by ``T // S`` from an offset in
+    ``[0, T // S)``; ``counter`` (a 0-d long tensor on the device, advanced once per recorded
+    step) rotates the sequence every step and the offset every ``B`` steps, so over steps every
+    sequence slot and every position is seen. Pure device arithmetic: no sync, and under
+    ``torch.compile`` no guard on a Python value that changes every step.
+    """
+    S = min(rows, T)
+    stride = T // S
+    b = (counter % B).reshape(1)
+    off = torch.div(counter, B, rounding_mode="floor") % stride
+    return b, torch.arange(S, device=counter.device) * stride + off
+
+
+def causal_rows_logits(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, scale: float) -> torch.Tensor:
+    """Logits of the sampled query rows against every key, future keys at -inf, in float32.
+
+    ``q`` is (nh, S, hs) (the rows ``rows`` (S,) of one sequence), ``k`` (nh_kv, T, hs); returns
+    (1, nh, S, T). Costs ``nh * S * T * hs`` multiply-adds: fixed in B, linear in T.
+    """
+    groups = q.shape[0] // k.shape[0]  # grouped-query attention: query head h reads key head h // groups
+    k = _f32(k).repeat_interleave(groups, dim=0) if groups > 1 else _f32(k)
+    z = torch.matmul(_f32(q), k.transpose(-2, -1)).mul_(scale)  # (nh, S, T)
+    future = torch.arange(k.shape[-2], device=z.device) > rows[:, None]  # (S, T)
+    return z.masked_fill_(future, -math.inf).unsqueeze(0)
+
+
+@torch.no_grad()
+def head_entropy(p: torch.Tensor) -> torch.Tensor:
+    """``[mean, min over heads of the head's mean]`` attention entropy of probabilities (B, nh, S, T).
+
+    The mean over all rows hides one head collapsing onto a single key while the others stay
+    diffuse; the per-head minimum shows it. Zeros (masked keys) contribute 0 (see
+    :func:`entropy_mean`). Returns (2,).
+    """
+    p = _f32(p)
+    h = p.clamp_min(_TINY).log_().mul_(p).sum(-1).neg_()  # (B, nh, S): entropy per row
+    per_head = h.mean(dim=(0, 2))  # (nh,)
+    return torch.stack((per_head.mean(), per_head.amin()))
+
+
+@torch.no_grad()
+def fused_qkv_sampled(
+    qkv: torch.Tensor, n_head: int, scale: float | None, b: torch.Tensor, rows: torch.Tensor
+) -> torch.Tensor:
+    """``[logit max, entropy mean, entropy min over heads]`` from sampled rows of a fused q|k|v output.
+
+    ``qkv`` is (B, T, 3d) as in :func:`fused_qkv_logit_max`; only sequence ``b`` (1,) is read,
+    its query rows ``rows`` (S,) against all its keys, so the cost is fixed in B and linear in T.
+    The logits are exact (no rotary embedding) and the entropy is that of their causal softmax.
+    Returns (3,).
+    """
+    B, T, three_d = qkv.shape
+    d = three_d // 3
+    hs = d // n_head
+    x = qkv.detach().index_select(0, b)[0]  # (T, 3d): one sequence
+    q = x[:, :d].index_select(0, rows).view(-1, n_head, hs).transpose(0, 1)  # (nh, S, hs)
+    k = x[:, d : 2 * d].view(T, n_head, hs).transpose(0, 1)  # (nh, T, hs)
+    z = causal_rows_logits(q, k, rows, scale if scale is not None else 1.0 / math.sqrt(hs))
+    return torch.cat((probe_logit_max(z).reshape(1), head_entropy(torch.softmax(z, dim=-1))))
+
+
+@torch.no_grad()
+def qk_logit_bound(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """``max_h max|q_h| max|k_h| * scale`` over every token of q, k (B, nh, T, hs): an upper bound
+    on the logits that the sampled rows cannot miss. Two norm passes over q and k. Returns a 0-d tensor."""
+    qn = torch.linalg.vector_norm(_f32(q), dim=-1).amax(dim=(0, 2))  # (nh,)
+    kn = torch.linalg.vector_norm(_f32(k), dim=-1).amax(dim=(0, 2))  # (nh_kv,)
+    return rotary_logit_bound(qn, kn, scale)
+
+
+@torch.no_grad()
+def max_abs(x: torch.Tensor) -> torch.Tensor:
+    """``max |x|`` over the whole tensor (the residual stream (B, T, d)). Returns (1,).
+
+    ``abs().amax()``: two vectorised passes; ``vector_norm(ord=inf)`` takes a scalar path on CPU
+    (~20x slower)."""
+    return _f32(x).abs().amax().reshape(1)
+
+
+@torch.no_grad()
+def lm_head_sampled(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``[max |z|, mean log Z, max log Z]`` of the LM-head logits at sampled positions.
+
+    ``logits`` is (..., V); ``positions`` (S,) index its flattened leading dimensions. ``log Z``
+    is the log-partition ``logsumexp_v z_v`` of a position: it drifts upward when the output
+    layer's logits grow (the z-loss of PaLM penalises its square). Costs S * V. Returns (3,).
+    """
+    z = _f32(logits.detach().reshape(-1, logits.shape[-1]).index_select(0, positions))  # (S, V)
+    lse = torch.logsumexp(z, dim=-1)  # (S,)
+    top = torch.linalg.vector_norm(z, ord=math.inf).reshape(1)
+    return torch.cat((top, lse.mean().reshape(1), lse.amax().reshape(1)))
+
+
+def strided_positions(counter: torch.Tensor, n: int, count: int) -> torch.Tensor:
+    """``min(count, n)`` indices into ``n`` flattened positions, strided by ``n // count`` from an
+    offset that ``counter`` (0-d long, on the device) rotates step by step. Returns (S,)."""
+    S = min(count, n)
+    stride = n // S
+    return torch.arange(S, device=counter.device) * stride + counter % stride

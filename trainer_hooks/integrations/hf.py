@@ -114,6 +114,8 @@ class StabmonCallback(TrainerCallback):
 
     @session.guarded
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if optimizer is not None and self.run.monitor is not None:
+            self.run.monitor.watch_optimizer(optimizer)  # parameter statistics after its step
         if not self.run.records(state.global_step + 1):
             return
         self._grad_norm = session.grad_norm(model.parameters()) if model is not None else None

@@ -117,6 +117,8 @@ class StabmonCallback(Callback):
 
     @session.guarded
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.run.monitor is not None:
+            self.run.monitor.watch_optimizer(optimizer)  # parameter statistics after its step
         if not self.run.records(trainer.global_step + 1):
             return
         self._grad_norm = session.grad_norm(pl_module.parameters())  # before Lightning clips

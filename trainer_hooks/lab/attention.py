@@ -7,11 +7,16 @@ the fast one calls `scaled_dot_product_attention(is_causal=True)`; the explicit 
 materialises the (B, nh, T, T) logits and probabilities, which the capping variants need
 (SDPA cannot express a cap). Either way, the logits and probabilities pass through two
 `AttentionProbe` modules, so forward hooks (stabmon's monitoring) can see attention logit
-maxima and entropies: on the explicit path always, on the fast path only when
-`record_attention` is set (the hooks set it on the steps they record). The fast path then
-keeps SDPA for the training graph and recomputes the logits for the probes outside autograd:
-a forward-only (B, nh, T, T) matmul and softmax, instead of materialising the attention in
-the graph and back-propagating through it (which cost ~40% of a step on the CPU preset).
+maxima and entropies, when `record_attention` is set (the hooks set it on the steps they
+record) and the module is training. What the probes see is a sample: `probe_rows` query rows
+of one sequence against all its keys, (1, nh, S, T), the rows strided over the context and
+rotated from step to step by a device counter (`trainer_hooks.hooks.stats.probe_index`). On
+the fast path those rows are recomputed outside autograd (nh * S * T * hs multiply-adds: fixed in
+B, linear in T), on the explicit path sliced out of the logits the layer computed anyway;
+`probe_rows = None` shows the whole (B, nh, T, T) map instead (exact, and on the fast path a
+full forward-only matmul and softmax per layer, ~15% of a CPU step). A third probe,
+`qk_probe`, sees `(q, k)` as the attention uses them, for the bound max|q| max|k| / sqrt(hs)
+over every token.
 """
 
 from __future__ import annotations
@@ -22,13 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer_hooks.hooks.stats import probe_index
 from trainer_hooks.lab.config import GPTConfig
+
+PROBE_ROWS = 16
+"""Query rows per recorded forward that the attention probes see (None: all of them)."""
 
 
 class AttentionProbe(nn.Module):
     """Returns its input unchanged. Exists only as an attachment point for forward hooks."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return x
 
 
@@ -55,7 +64,9 @@ def _layer_norm(enabled: bool, dim: int, config: GPTConfig) -> nn.Module:
 
 class CausalSelfAttention(nn.Module):
     record_attention: bool = False
-    """When True, the probes see the attention on the fast path too (outside autograd)."""
+    """When True (and training), the probes see the attention (outside autograd)."""
+    probe_rows: int | None = PROBE_ROWS
+    """Query rows of one sequence shown to the probes per recorded forward; None: the whole map."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -76,6 +87,10 @@ class CausalSelfAttention(nn.Module):
         self.caps_logits = spec.softmax_cap
         self.logit_probe = AttentionProbe()
         self.prob_probe = AttentionProbe()
+        self.qk_probe = AttentionProbe()
+        # Rotates the probes' sample (sequence and row offset); advanced on the device, so it
+        # costs no sync and torch.compile sees a tensor, not a Python int that changes per step.
+        self.register_buffer("probe_step", torch.zeros((), dtype=torch.long), persistent=False)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.proj = nn.Linear(d, d, bias=config.bias)
         self.proj_norm = _layer_norm(spec.out_norm, d, config)
@@ -96,13 +111,14 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         q, k = self.q_norm(q), self.k_norm(k)
 
+        probe = self.record_attention and self.training
         if self.caps_logits:
-            y = self._explicit_attention(q, k, v)
+            y = self._explicit_attention(q, k, v, probe)
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
             )
-            if self.record_attention:
+            if probe:
                 with torch.no_grad():
                     self._probe_attention(q, k)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -115,15 +131,45 @@ class CausalSelfAttention(nn.Module):
         logits = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, T, T)
         return logits.masked_fill(mask, float("-inf")), mask
 
-    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _explicit_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probe: bool
+    ) -> torch.Tensor:
         logits, mask = self._masked_logits(q, k)
-        logits = self.logit_probe(logits)
         # tanh maps the masked -inf to -c, so mask again after capping.
         capped = self.logit_cap(logits).masked_fill(mask, float("-inf"))
-        probs = self.prob_probe(F.softmax(capped, dim=-1))  # (B, nh, T, T)
+        probs = F.softmax(capped, dim=-1)  # (B, nh, T, T)
+        if probe:
+            with torch.no_grad():
+                self.qk_probe((q, k))
+                b, rows = self._probe_sample(q)
+                if b is None:
+                    self.logit_probe(logits.detach())
+                    self.prob_probe(probs.detach())
+                else:  # slices of what this path computed anyway: (1, nh, S, T)
+                    self.logit_probe(logits.detach().index_select(0, b).index_select(2, rows))
+                    self.prob_probe(probs.detach().index_select(0, b).index_select(2, rows))
         return self.attn_dropout(probs) @ v  # (B, nh, T, hs)
+
+    def _probe_sample(self, q: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(sequence (1,), query rows (S,)) the probes see this forward, or (None, None) for all."""
+        if self.probe_rows is None:
+            return None, None
+        b, rows = probe_index(self.probe_step, q.size(0), q.size(-2), self.probe_rows)
+        self.probe_step.add_(1)
+        return b, rows
 
     def _probe_attention(self, q: torch.Tensor, k: torch.Tensor) -> None:
         """Show the probes what the fast path computed implicitly (no cap on this path)."""
-        logits = self.logit_probe(self._masked_logits(q, k)[0])
-        self.prob_probe(F.softmax(logits, dim=-1))  # (B, nh, T, T)
+        self.qk_probe((q, k))
+        b, rows = self._probe_sample(q)
+        if b is None:
+            logits = self._masked_logits(q, k)[0]  # (B, nh, T, T)
+        else:
+            qs = q.index_select(0, b).index_select(2, rows)  # (1, nh, S, hs)
+            ks = k.index_select(0, b)  # (1, nh, T, hs)
+            future = torch.arange(k.size(-2), device=k.device) > rows[:, None]  # (S, T)
+            logits = ((qs @ ks.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))).masked_fill(
+                future, float("-inf")
+            )  # (1, nh, S, T)
+        self.logit_probe(logits)
+        self.prob_probe(F.softmax(logits, dim=-1))

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stabmon.wire import layer_key, match_layer_key
+
 LOSS_CAP = 6.0
 """Losses are drawn clipped to this (an untrained byte model sits at ln 256 = 5.5 nats), so one
 blow-up to 1e3 does not flatten every other curve."""
@@ -128,13 +130,12 @@ def plot_norm_trajectories(
         len(sites), len(runs), figsize=(4.4 * len(runs), 2.6 * len(sites)), dpi=90, squeeze=False
     )
     for j, (label, records, diverged_at) in enumerate(runs):
-        layers = sorted(
-            {int(k.split(".")[1]) for r in records for k in r["values"] if k.startswith("layer.")}
-        )
+        layers = sorted({parts[0] for r in records for k in r["values"] if (parts := match_layer_key(k))})
         for i, site in enumerate(sites):
             ax = axes[i][j]
             for layer in layers:
-                key = f"layer.{layer}.{site}" if "." in site else f"layer.{layer}.{site}.{stat}"
+                # ``site`` is a site ("fc2", with ``stat``) or a site and its stat ("attn.logit_max").
+                key = layer_key(layer, *site.split(".", 1)) if "." in site else layer_key(layer, site, stat)
                 pts = [(r["step"], r["values"][key]) for r in records if key in r["values"]]
                 pts = [(s, v) for s, v in pts if math.isfinite(v) and v > 0]
                 if pts:

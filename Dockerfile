@@ -12,11 +12,12 @@ WORKDIR /opt/stabmon
 # the package's long description: copied when present, the build does not depend on it.)
 COPY pyproject.toml constraints.txt README.md* ./
 COPY stabmon/ stabmon/
+COPY stabmon_cli/ stabmon_cli/
 COPY monitor/ monitor/
 COPY dashboard/ dashboard/
 COPY migrations/ migrations/
 RUN pip install -c constraints.txt ".[server]" \
-    && python -c "import monitor.api, dashboard, plotly; import importlib.util as u; assert u.find_spec('torch') is None" \
+    && python -c "import monitor.api, dashboard, plotly, stabmon_cli; import importlib.util as u; assert u.find_spec('torch') is None" \
     && rm -rf build ./*.egg-info
 
 COPY deploy/collector/entrypoint.sh /usr/local/bin/stabmon-entrypoint

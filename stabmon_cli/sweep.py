@@ -14,8 +14,6 @@ from pathlib import Path
 
 import typer
 
-from trainer_hooks.lab.sweep_results import max_stable_lr
-
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
     try:
@@ -106,6 +104,8 @@ def sweep_cmd(
     except RuntimeError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
+
+    from trainer_hooks.lab.sweep_results import max_stable_lr
 
     table = Table(title="maximum stable LR (no seed diverged or was stopped, at it or below)")
     table.add_column("variant")

@@ -367,6 +367,7 @@ def test_collector_image_package_carries_the_dashboard(tmp_path: Path) -> None:
         "dashboard/static/stabmon.css",
         "monitor/api/app.py",
         "migrations/env.py",
+        "stabmon_cli/__init__.py",  # the entrypoint runs python -m stabmon_cli
     ):
         assert needed in names, needed
     assert any(n.startswith("migrations/versions/") and n.endswith(".py") for n in names)

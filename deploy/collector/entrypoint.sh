@@ -11,15 +11,15 @@ PYTHON="${PYTHON:-python}"
 TOKEN_FILE="${STABMON_BOOTSTRAP_TOKEN_FILE:-/var/lib/stabmon/token}"
 PROJECT="${STABMON_PROJECT:-default}"
 
-"$PYTHON" -m stabmon db upgrade
+"$PYTHON" -m stabmon_cli db upgrade
 
 # `token list` prints: id, project, prefix, created, revoked ("-" while active), label.
-if ! "$PYTHON" -m stabmon token list | awk -F '\t' 'NR > 1 && $5 == "-" { found = 1 } END { exit !found }'; then
+if ! "$PYTHON" -m stabmon_cli token list | awk -F '\t' 'NR > 1 && $5 == "-" { found = 1 } END { exit !found }'; then
     umask 077
     mkdir -p "$(dirname "$TOKEN_FILE")"
-    "$PYTHON" -m stabmon token create --project "$PROJECT" --label "docker-compose bootstrap" \
+    "$PYTHON" -m stabmon_cli token create --project "$PROJECT" --label "docker-compose bootstrap" \
         | tail -n 1 > "$TOKEN_FILE"
     echo "stabmon: created the first API token for project '$PROJECT' in $TOKEN_FILE" >&2
 fi
 
-exec "$PYTHON" -m stabmon serve --log-level "${STABMON_LOG_LEVEL:-info}"
+exec "$PYTHON" -m stabmon_cli serve --log-level "${STABMON_LOG_LEVEL:-info}"

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from monitor.alerts import AlertDispatcher, DeliveryAttempt, MemoryDeliveryLog, WebhookSettings
 from monitor.alerts.outbox import MemoryOutbox, PendingDelivery, reconcile
 from monitor.alerts.outbox_sql import SqlOutbox
-from tests.faults._collector import wait_until
+from tests._collector import wait_until
 from tests.monitor._alerts_receiver import Receiver
 from tests.monitor.conftest import make_api
 

@@ -13,11 +13,14 @@ from tests._collector import Collector
 from tests.trainer_hooks._collector_fake import wait_until
 from trainer_hooks.client import Client, RunInfo
 
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "sqlalchemy"))
-    or importlib.util.find_spec("monitor.api") is None,
-    reason="the collector (stabmon[server]) is not installed",
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "sqlalchemy"))
+        or importlib.util.find_spec("monitor.api") is None,
+        reason="the collector (stabmon[server]) is not installed",
+    ),
+]
 
 KEYS = ("loss", "layer.0.fc2.l2_mean", "layer.1.attn.logit_max")
 

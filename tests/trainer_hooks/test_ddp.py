@@ -17,6 +17,8 @@ from stabmon.net import free_port
 from tests.trainer_hooks.test_hooks_support import ListSink, loss_of, nano
 from trainer_hooks.hooks import attach
 
+pytestmark = pytest.mark.integration
+
 WORLD = 2
 STEPS = 2
 

@@ -2,8 +2,8 @@
 
 A test is an integration test when it needs something outside this Python process: a real
 server, a subprocess, a database server, a browser, several training processes. Unit tests
-(the rest) run alone with ``pytest -m "not integration"`` (``make test-unit``) in well under a
-minute. Modules that start processes mark themselves (``pytestmark``, or one test's
+(the rest) run alone with ``pytest -m "not integration"`` (``make test-unit``) in about a
+minute of CPU time. Modules that start processes mark themselves (``pytestmark``, or one test's
 decorator); tests that need a service are marked here, from what they use, so a new test on
 PostgreSQL, Chromium or Prometheus cannot be forgotten.
 """

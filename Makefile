@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench
+.PHONY: demo test test-unit lint bench
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,3 +21,7 @@ lint: $(BIN)/.installed
 test: $(BIN)/.installed lint
 	bash scripts/services.sh
 	$(BIN)/pytest -q
+
+# The unit tests alone: no server, subprocess, database server or browser (about a minute of CPU).
+test-unit: $(BIN)/.installed
+	$(BIN)/pytest -q -m "not integration"

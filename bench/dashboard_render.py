@@ -32,12 +32,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.headless import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from bench.report import BENCHMARKS_MD, write_section  # noqa: E402
-from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS, start_collector, stop_collector  # noqa: E402
-from tests.dashboard.synthetic import RunShape, batches, point_values  # noqa: E402
+from bench.synthetic_runs import RunShape, batches, point_values  # noqa: E402
+from stabmon_cli.collector_process import start_collector  # noqa: E402
 
 SECTION = "## Dashboard"
 RUN_ID = "render-bench"
+PROJECT = "stability"
+
+
+def project_token(db_url: str) -> str:
+    """A fresh token for the run's project, made through the store as ``stabmon token create`` does."""
+    from monitor.store import Store
+
+    store = Store(db_url, pool_size=1)
+    try:
+        return store.create_token(PROJECT, label="bench/dashboard_render.py")[0]
+    finally:
+        store.dispose()
 
 
 def build_run(db_url: str, token_project: str, shape: RunShape, batch_steps: int) -> tuple[str, float]:
@@ -141,16 +154,16 @@ def main() -> None:
             run_id, write_s = RUN_ID, float("nan")
             print(f"reusing {db_file}", flush=True)
         else:
-            # The project must be the one the collector helper makes its token for.
-            run_id, write_s = build_run(db, "stability", shape, args.batch_steps)
+            run_id, write_s = build_run(db, PROJECT, shape, args.batch_steps)
             print(f"wrote {values:,} values ({shape.series_count()} series) in {write_s:.1f} s", flush=True)
-        collector = start_collector(tmpdir, "stability", db=db)
+        token = project_token(db)
+        collector = start_collector(db, timeout=60, token=token, log_dir=tmpdir, log_level="warning")
         try:
             keys = sorted(point_values(shape, 0, random.Random(0)))
             q_ms = series_query_ms(collector.url, collector.token, run_id, keys[:64])
             res = measure(collector.url, collector.token, run_id, args.loads)
         finally:
-            stop_collector(collector)
+            collector.stop()
     cold, warm = res["loads_ms"][0], res["loads_ms"][1:]
     med = statistics.median(warm)
     first_plot = statistics.median(res["first_plot_ms"][1:])

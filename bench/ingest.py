@@ -27,8 +27,6 @@ import platform
 import random
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -39,6 +37,7 @@ from pathlib import Path
 import httpx
 
 from stabmon.net import free_port
+from stabmon_cli.collector_process import Collector, start_collector
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -102,25 +101,18 @@ def make_backend(name: str, tmp: Path) -> Backend:
     return Backend(name, f"{PG_SERVER}/{PG_DB}?options=-csearch_path%3D{schema}", drop)
 
 
-def start_server(url: str, port: int, workers: int) -> subprocess.Popen:
-    env = {**os.environ, "STABMON_DB": url, "STABMON_MIGRATE_ON_START": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stabmon_cli", "serve", "--port", str(port), "--log-level", "warning"]
-        + ["--workers", str(workers)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+def start_server(url: str, port: int, workers: int, token: str, log_dir: Path) -> Collector:
+    return start_collector(
+        url,
+        port=port,
+        timeout=120,
+        token=token,
+        workdir=ROOT,
+        log_dir=log_dir,
+        log_level="warning",
+        args=("--workers", str(workers)),
+        env={"STABMON_MIGRATE_ON_START": "1"},
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"collector did not start: {proc.stderr.read().decode()[-2000:]}")
 
 
 DETECTOR_OFF = {
@@ -246,14 +238,14 @@ def run_backend(name: str, args: argparse.Namespace, bodies: list[bytes]) -> dic
             project_id = store.resolve_token(token).id
             store.dispose()
             port = free_port()
-            server = start_server(be.url, port, args.workers)
+            server = start_server(be.url, port, args.workers, token, Path(tmp))
             base = f"http://127.0.0.1:{port}"
             try:
                 load0 = os.getloadavg()[0]
                 ingest: dict[str, list[dict]] = {"detector on": [], "detector off": []}
                 # The collector's CPU (and, on PostgreSQL, the database server's): values per CPU
                 # second is what the collector sustains per core, whatever the neighbours take.
-                cpu = ([server.pid], ("postgres",) if name == "postgres" else ())
+                cpu = ([server.process.pid], ("postgres",) if name == "postgres" else ())
                 for rnd in range(args.rounds):
                     for mode in ingest:
                         before = os.getloadavg()[0]
@@ -273,8 +265,7 @@ def run_backend(name: str, args: argparse.Namespace, bodies: list[bytes]) -> dic
                 series = bench_series(base, token, "query", args.repeats)
                 load1 = os.getloadavg()[0]
             finally:
-                server.terminate()
-                server.wait(timeout=30)
+                server.stop(30)
         finally:
             be.cleanup()
     return {"ingest": ingest, "load_s": load_s, "series": series, "loadavg": (load0, load1)}

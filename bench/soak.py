@@ -32,7 +32,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +43,7 @@ from pathlib import Path
 import httpx
 
 from stabmon.net import free_port
+from stabmon_cli.collector_process import start_collector
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_SERVER = os.environ.get("STABMON_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
@@ -366,25 +366,6 @@ def _stored_per_run(db: str) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
-def _start_collector(db: str, port: int, workers: int, log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "stabmon_cli", "serve", "--db", db, "--port", str(port)]
-    cmd += ["--workers", str(workers), "--log-level", "warning"]
-    log = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its life
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"collector exited: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("collector did not become ready in 120 s")
-
-
 def run_soak(cfg: SoakConfig, log_dir: Path | None = None) -> dict:
     """Run one soak; returns every figure as a JSON-able dict."""
     from monitor.store import Store, migrate
@@ -395,7 +376,7 @@ def run_soak(cfg: SoakConfig, log_dir: Path | None = None) -> dict:
         db, dedicated = _create_database()
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="stabmon-soak-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    proc = None
+    collector = None
     try:
         migrate.upgrade(db)
         store = Store(db, pool_size=1)
@@ -403,8 +384,17 @@ def run_soak(cfg: SoakConfig, log_dir: Path | None = None) -> dict:
         store.dispose()
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = _start_collector(db, port, cfg.workers, log_dir / "collector.log")
-        sampler = Sampler(proc.pid, cfg.sample_interval_s)
+        collector = start_collector(
+            db,
+            port=port,
+            timeout=120,
+            token=token,
+            workdir=ROOT,
+            log_dir=log_dir,
+            log_level="warning",
+            args=("--workers", str(cfg.workers)),
+        )
+        sampler = Sampler(collector.process.pid, cfg.sample_interval_s)
         start = time.monotonic() + 2.0
         clock = {"start": start, "end": start + cfg.duration_s}
         clock["hard_end"] = clock["end"] + cfg.drain_timeout_s
@@ -428,13 +418,8 @@ def run_soak(cfg: SoakConfig, log_dir: Path | None = None) -> dict:
             r.join(130)
         stored = _stored_per_run(db)
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(30)
+        if collector is not None:
+            collector.stop(30)
         if dedicated is not None:
             _drop_database(dedicated)
 

@@ -19,8 +19,6 @@ import json
 import multiprocessing as mp
 import os
 import queue
-import subprocess
-import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -29,6 +27,8 @@ from typing import Any
 
 from stabmon import net
 from stabmon.wire import json_safe
+from stabmon_cli import collector_process
+from stabmon_cli.collector_process import Collector
 
 DEFAULT_DIR = Path(".stabmon")
 DEFAULT_VARIANTS = ("baseline", "qkv_norm")
@@ -97,76 +97,20 @@ def free_port(preferred: int = DEFAULT_PORT) -> int:
     return net.free_port(preferred)
 
 
-@dataclass
-class Collector:
-    process: subprocess.Popen
-    url: str
-    token: str
-    token_file: Path
-    log_path: Path
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
 def start_collector(db: Path, port: int = 0, timeout: float = 60.0) -> Collector:
-    """``python -m stabmon_cli serve`` on ``db`` (SQLite) at 127.0.0.1; waits until it answers with
-    this database's local token. With ``port=0`` a port taken in the meantime by someone else is
-    retried on another one. Raises RuntimeError with the server's log if it does not start."""
-    attempts = 1 if port else 3
-    for attempt in range(attempts):
-        try:
-            return _start_collector(Path(db).resolve(), port or free_port(), timeout)
-        except _PortTaken:
-            if attempt == attempts - 1:
-                raise RuntimeError(
-                    f"could not bind a port for the collector after {attempts} tries"
-                ) from None
-    raise AssertionError("unreachable")
-
-
-class _PortTaken(RuntimeError):
-    pass
-
-
-def _start_collector(db: Path, port: int, timeout: float) -> Collector:
-    import httpx
-
-    db.parent.mkdir(parents=True, exist_ok=True)
-    url = f"http://127.0.0.1:{port}"
-    log_path = db.with_name(db.stem + ".collector.log")
-    env = {**os.environ, "STABMON_DB": f"sqlite:///{db}"}
-    env.pop("STABMON_TOKEN_FILE", None)
-    cmd = [sys.executable, "-m", "stabmon_cli", "serve", "--db", f"sqlite:///{db}", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    token_file = db.with_name(db.name + ".token")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            text = log_path.read_text()
-            if "address already in use" in text.lower():
-                raise _PortTaken(text)
-            raise RuntimeError(f"the collector exited with code {proc.returncode}:\n{text}")
-        if token_file.exists():
-            token = token_file.read_text().strip()
-            try:
-                # Our token answering proves it is our collector on that port, not another one.
-                r = httpx.get(f"{url}/api/v1/runs", headers={"Authorization": f"Bearer {token}"}, timeout=2.0)
-                if r.status_code == 200:
-                    return Collector(proc, url, token, token_file, log_path)
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the collector did not answer within {timeout:.0f} s:\n{log_path.read_text()}")
+    """``python -m stabmon_cli serve`` on ``db`` (SQLite) at 127.0.0.1 (8321 when ``port`` is 0
+    and it is free); waits until it answers with this database's local token. Raises
+    RuntimeError with the server's log if it does not start."""
+    db = Path(db).resolve()
+    return collector_process.start_collector(
+        db,
+        port,
+        timeout,
+        preferred_port=DEFAULT_PORT,
+        require_token=True,
+        log_name=f"{db.stem}.collector",
+        log_level="warning",
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,37 +21,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stabmon.net import free_port
-from tests.dashboard.synthetic import RunShape, batches
+from bench.headless import CHROMIUM, CHROMIUM_ARGS
+from bench.synthetic_runs import RunShape, batches
+from tests._collector import Collector, start_collector
+from tests._services import require_service
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "dashboard"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 VARIANTS = ("baseline", "qk_norm", "qk_fc_norm", "qkv_norm", "qk_norm_cap")
 SWEEP_LRS = (1e-3, 3e-3, 1e-2)
-
-
-@dataclass
-class Collector:
-    url: str
-    db: str
-    token: str
-    proc: subprocess.Popen
-    log: Path
-
-    def client(self, token: str | None = None) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {token or self.token}"}, timeout=30.0
-        )
 
 
 def _cli(*args: str, env: dict[str, str]) -> str:
@@ -69,55 +46,13 @@ def _cli(*args: str, env: dict[str, str]) -> str:
     return out.stdout
 
 
-def start_collector(tmp: Path, project: str = "stability", db: str | None = None) -> Collector:
+def start_project_collector(tmp: Path, project: str = "stability", db: str | None = None) -> Collector:
     """A collector process on a free port with an SQLite database in ``tmp`` (or ``db``),
-    and a fresh token for ``project``."""
+    and a fresh token for ``project`` (made with ``stabmon token create``, as a user would)."""
     db = db or f"sqlite:///{tmp / 'stabmon.db'}"
     env = {**os.environ, "STABMON_DB": db, "PYTHONUNBUFFERED": "1"}
     token = _cli("token", "create", "--project", project, "--db", db, env=env).strip().splitlines()[-1]
-    port = free_port()
-    log = tmp / "collector.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stabmon_cli",
-                "serve",
-                "--db",
-                db,
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            cwd=REPO,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"collector exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
-                return Collector(url, db, token, proc, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"collector did not become ready: {log.read_text()[-3000:]}")
-
-
-def stop_collector(c: Collector) -> None:
-    c.proc.terminate()
-    try:
-        c.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        c.proc.kill()
-        c.proc.wait(timeout=10)
+    return start_collector(db, timeout=60, token=token, workdir=REPO, log_dir=tmp, log_level="warning")
 
 
 def create_run(client: httpx.Client, name: str, config: dict, run_id: str | None = None) -> str:
@@ -181,7 +116,7 @@ def _sweep_outcome(variant: str, lr: float) -> tuple[str, dict]:
 @pytest.fixture(scope="session")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     tmp = tmp_path_factory.mktemp("collector")
-    c = start_collector(tmp)
+    c = start_project_collector(tmp)
     try:
         with c.client() as cl:
             # Separate q/k/v projections (Llama-style), so the page shows those heatmaps.
@@ -225,7 +160,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
             finish(cl, rid, "stopped", {"final_loss": 5.0, "min_loss": 4.9, "diverged": False})
         yield Seeded(c, healthy, diverging, div_shape, sweep)
     finally:
-        stop_collector(c)
+        c.stop()
 
 
 @pytest.fixture(scope="session")
@@ -237,7 +172,7 @@ def artifacts() -> Path:
 @pytest.fixture(scope="module")  # Playwright's sync API keeps an event loop running meanwhile
 def browser():  # noqa: ANN201
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.skip("headless Chromium is not installed (scripts/services.sh installs it)")
+        require_service("Chromium", "headless Chromium is not installed (scripts/services.sh installs it)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

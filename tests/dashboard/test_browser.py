@@ -12,10 +12,10 @@ import time
 
 import pytest
 
+from bench.synthetic_runs import RunShape
 from tests.dashboard.conftest import SWEEP_LRS, VARIANTS, create_run, ingest
-from tests.dashboard.synthetic import RunShape
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 
 def wait_js(page, expr: str, timeout: float = 20.0):  # noqa: ANN001, ANN201

@@ -14,14 +14,16 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from tests.dashboard.conftest import REPO, free_port
+from stabmon.net import free_port
+from tests._collector import Collector
+from tests._services import require_service
+from tests.dashboard.conftest import REPO
 
 DEPLOY = REPO / "deploy"
 COMPOSE = REPO / "docker-compose.yml"
@@ -36,7 +38,7 @@ def _compose() -> dict:
 def _need(binary: str) -> str:
     path = shutil.which(binary) or (f"/usr/bin/{binary}" if Path(f"/usr/bin/{binary}").exists() else None)
     if path is None:
-        pytest.skip(f"{binary} is not installed (scripts/services.sh installs it)")
+        require_service(binary, "not installed (scripts/services.sh installs it)")
     return path
 
 
@@ -255,6 +257,7 @@ def test_grafana_queries_name_only_metrics_a_live_collector_exports(seeded) -> N
 
 
 # ---- the collector container's entrypoint --------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.slow
 def test_entrypoint_bootstraps_a_token_and_serves(tmp_path: Path) -> None:
     port = free_port()
@@ -270,22 +273,10 @@ def test_entrypoint_bootstraps_a_token_and_serves(tmp_path: Path) -> None:
         "STABMON_LOG_LEVEL": "warning",
     }
     script = str(DEPLOY / "collector" / "entrypoint.sh")
+    col = Collector(env["STABMON_DB"], port=port, workdir=tmp_path, env=env, command=["/bin/sh", script])
     for attempt in range(2):  # the second start must reuse the token, not mint another
-        proc = subprocess.Popen(
-            ["/bin/sh", script], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
         try:
-            deadline = time.monotonic() + 60
-            ready = False
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-                except httpx.HTTPError:
-                    ready = False
-                if ready:
-                    break
-                time.sleep(0.2)
-            assert ready, proc.stdout.read().decode() if proc.poll() is not None else "not ready"
+            col.start(timeout=60)
             token = token_file.read_text().strip()
             assert token.startswith("stm_")
             assert oct(token_file.stat().st_mode & 0o777) == "0o600"
@@ -298,9 +289,7 @@ def test_entrypoint_bootstraps_a_token_and_serves(tmp_path: Path) -> None:
             else:
                 assert token == first
         finally:
-            proc.terminate()
-            proc.wait(timeout=15)
-            proc.stdout.close()
+            col.stop(timeout=15)
     listing = subprocess.run(
         [sys.executable, "-m", "stabmon_cli", "token", "list"],
         env=env,
@@ -312,6 +301,7 @@ def test_entrypoint_bootstraps_a_token_and_serves(tmp_path: Path) -> None:
     assert [r[1] for r in rows] == ["compose"], listing.stdout
 
 
+@pytest.mark.integration
 def test_collector_image_package_carries_the_dashboard(tmp_path: Path) -> None:
     """Build the wheel the Dockerfile installs, from exactly what it copies: the dashboard's
     templates and scripts and the migrations must be inside (they are package data of

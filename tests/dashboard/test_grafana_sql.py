@@ -21,10 +21,11 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import ProgrammingError
 
+from bench.synthetic_runs import RunShape, points
+from tests._services import require_service
 from tests.dashboard.conftest import REPO
-from tests.dashboard.synthetic import RunShape, points
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 PG_SERVER = os.environ.get("STABMON_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 DASHBOARD_JSON = REPO / "deploy" / "grafana" / "dashboards" / "stabmon.json"
@@ -40,13 +41,13 @@ def _admin():  # noqa: ANN202
 @pytest.fixture(scope="module")
 def history_db() -> Iterator[dict]:
     if shutil.which("psql") is None:
-        pytest.skip("psql is not installed")
+        require_service("psql", "not installed")
     try:
         admin = _admin()
         with admin.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception:
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432 (scripts/services.sh starts it)")
+        require_service("PostgreSQL", "not reachable at 127.0.0.1:5432 (scripts/services.sh starts it)")
     suffix = uuid.uuid4().hex[:10]
     db, reader, password = f"stabmon_dash_{suffix}", f"grafana_reader_{suffix}", f"pw-{suffix}"
     with admin.connect() as conn:

@@ -18,10 +18,10 @@ import sys
 import httpx
 import pytest
 
-from tests.faults._collector import Collector, read_all_series, same, wait_until
+from tests._collector import Collector, read_all_series, same, wait_until
 from trainer_hooks.client import Client, RunInfo, read_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _token(tmp_path) -> str:
@@ -41,7 +41,7 @@ def _last_step(c: Collector, token: str, run_id: str) -> int:
 
 
 def test_sigkill_mid_training_stream_every_point_exactly_once(tmp_path):
-    col = Collector(tmp_path, f"sqlite:///{tmp_path / 'stabmon.db'}").start()
+    col = Collector(f"sqlite:///{tmp_path / 'stabmon.db'}", workdir=tmp_path).start()
     token = _token(tmp_path)
     run_id = "train-kill-1"
     jsonl = tmp_path / "records.jsonl"
@@ -129,7 +129,7 @@ def _alerts(col: Collector, token: str, run_id: str) -> list[tuple]:
 @pytest.mark.parametrize("lose_snapshot", [False, True], ids=["saved-state", "rebuilt-from-series"])
 def test_alert_building_up_across_a_crash_fires_at_the_reference_step(tmp_path, lose_snapshot):
     db_file = tmp_path / "stabmon.db"
-    col = Collector(tmp_path, f"sqlite:///{db_file}").start()
+    col = Collector(f"sqlite:///{db_file}", workdir=tmp_path).start()
     token = _token(tmp_path)
     try:
         ref = _client(col, token, "reference", tmp_path)
@@ -165,7 +165,7 @@ def test_alert_building_up_across_a_crash_fires_at_the_reference_step(tmp_path, 
 
 
 def test_nan_and_inf_survive_a_crash(tmp_path):
-    col = Collector(tmp_path, f"sqlite:///{tmp_path / 'stabmon.db'}").start()
+    col = Collector(f"sqlite:///{tmp_path / 'stabmon.db'}", workdir=tmp_path).start()
     token = _token(tmp_path)
     try:
         c = _client(col, token, "nonfinite", tmp_path)

@@ -12,10 +12,12 @@ import threading
 
 import pytest
 
-from tests.faults._collector import Collector, free_port, read_all_series, wait_until
+from tests._collector import Collector, free_port, read_all_series, wait_until
 from trainer_hooks.client import Client, RunInfo
 from trainer_hooks.client.batching import seal
 from trainer_hooks.client.sinks import encode_record
+
+pytestmark = pytest.mark.integration
 
 KEYS = [f"layer.{i}.fc2.l2_mean" for i in range(16)] + ["loss"]
 N_STEPS = 1500
@@ -73,7 +75,7 @@ def test_spool_stays_bounded_thins_oldest_and_delivers_the_rest(tmp_path):
     assert max(sizes) <= MAX_BYTES + batch_bytes, (max(sizes), batch_bytes)
 
     db = f"sqlite:///{tmp_path / 'stabmon.db'}"
-    col = Collector(tmp_path, db, port=port)
+    col = Collector(db, workdir=tmp_path, port=port)
     # Tokens are minted by the collector, which did not exist yet: the job ends with its
     # spool on disk, and a second client with the collector's token and the same run id
     # delivers it (the replay path a restarted job takes).

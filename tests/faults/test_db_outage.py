@@ -15,8 +15,11 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from monitor.store import Store, migrate
-from tests.faults._collector import Collector, read_all_series, wait_until
+from tests._collector import Collector, read_all_series, wait_until
+from tests._services import require_service
 from trainer_hooks.client import Client, RunInfo
+
+pytestmark = pytest.mark.integration
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 KEYS = ["loss", "layer.0.fc2.l2_mean", "layer.1.attn.logit_max"]
@@ -91,7 +94,7 @@ def test_postgres_refusing_connections_is_503_then_recovers(tmp_path):
         with admin.connect() as conn:
             conn.execute(text(f"CREATE DATABASE {name}"))
     except Exception as e:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {e}")
+        require_service("PostgreSQL", f"not reachable at 127.0.0.1:5432: {e}")
     db = f"{PG_SERVER}/{name}"
 
     def terminate() -> None:
@@ -115,7 +118,7 @@ def test_postgres_refusing_connections_is_503_then_recovers(tmp_path):
         store = Store(db, pool_size=1)
         token, _ = store.create_token("faults")
         store.dispose()
-        col = Collector(tmp_path, db, env={"STABMON_RETRY_AFTER_S": "1"}).start()
+        col = Collector(db, workdir=tmp_path, env={"STABMON_RETRY_AFTER_S": "1"}).start()
         _check_outage_and_recovery(col, token, tmp_path, cut, restore)
     finally:
         if col is not None:
@@ -131,7 +134,7 @@ def test_postgres_refusing_connections_is_503_then_recovers(tmp_path):
 def test_sqlite_locked_by_another_writer_is_503_then_recovers(tmp_path):
     db_file = tmp_path / "stabmon.db"
     env = {"STABMON_RETRY_AFTER_S": "1", "STABMON_SQLITE_BUSY_TIMEOUT_S": "1"}
-    col = Collector(tmp_path, f"sqlite:///{db_file}", env=env).start()
+    col = Collector(f"sqlite:///{db_file}", workdir=tmp_path, env=env).start()
     token = (tmp_path / "stabmon.db.token").read_text().strip()
     locker = sqlite3.connect(db_file, isolation_level=None, timeout=30)
 

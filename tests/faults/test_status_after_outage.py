@@ -16,9 +16,12 @@ import textwrap
 import threading
 
 import httpx
+import pytest
 
-from tests.faults._collector import Collector, read_all_series, same
+from tests._collector import Collector, read_all_series, same
 from trainer_hooks.client import Client, RunInfo
+
+pytestmark = pytest.mark.integration
 
 KEYS = ["loss", "layer.0.fc2.l2_mean", "layer.1.attn.logit_max"]
 N_STEPS = 120
@@ -49,7 +52,7 @@ JOB = textwrap.dedent(
 
 
 def _collector(tmp_path) -> tuple[Collector, str]:
-    col = Collector(tmp_path, f"sqlite:///{tmp_path / 'stabmon.db'}").start()
+    col = Collector(f"sqlite:///{tmp_path / 'stabmon.db'}", workdir=tmp_path).start()
     return col, (tmp_path / "stabmon.db.token").read_text().strip()
 
 

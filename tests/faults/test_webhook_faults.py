@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from monitor.api import create_app
 from monitor.settings import Settings
 from monitor.store import Store, migrate
-from tests.faults._collector import wait_until
+from tests._collector import wait_until
 from tests.monitor._alerts_receiver import Receiver
 
 

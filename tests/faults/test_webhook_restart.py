@@ -19,8 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faults._collector import Collector, wait_until
+from tests._collector import Collector, wait_until
 from tests.monitor._alerts_receiver import Receiver
+
+pytestmark = pytest.mark.integration
 
 BACKOFF_S = 0.5
 ENV = {
@@ -46,7 +48,7 @@ def _deliveries(col: Collector, h: dict) -> list[dict]:
 
 @pytest.mark.parametrize("down", ["stop", "kill"])
 def test_a_webhook_retry_pending_at_shutdown_is_delivered_after_restart(tmp_path, down):
-    col = Collector(tmp_path, f"sqlite:///{tmp_path / 'w.db'}", env=ENV)
+    col = Collector(f"sqlite:///{tmp_path / 'w.db'}", workdir=tmp_path, env=ENV)
     with Receiver(statuses=[500]) as rx:
         col.start()
         try:

@@ -21,6 +21,8 @@ pytest.importorskip("accelerate", reason="the Trainer needs accelerate")
 
 from trainer_hooks.client import read_jsonl  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 JOB = Path(__file__).with_name("_ddp_hf_job.py")
 

@@ -10,16 +10,15 @@ critical alert from the collector's detector and stops itself, checkpoint first.
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
-from stabmon.net import free_port
+from tests._collector import start_collector
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -29,32 +28,8 @@ EXAMPLES = ROOT / "examples"
 def collector(tmp_path_factory):
     """A real collector process; yields ``(url, token)``."""
     tmp = tmp_path_factory.mktemp("collector")
-    db = tmp / "stabmon.db"
-    port = free_port()
-    log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stabmon_cli", "serve", "--db", f"sqlite:///{db}", "--port", str(port)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"stabmon serve did not come up:\n{(tmp / 'serve.log').read_text()}")
-        time.sleep(0.2)
-    token = Path(f"{db}.token").read_text().strip()
-    yield url, token
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with start_collector(tmp / "stabmon.db", timeout=120, workdir=ROOT, log_dir=tmp) as c:
+        yield c.url, c.token
 
 
 @pytest.fixture

@@ -20,9 +20,10 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from monitor.store import Store, migrate
-from tests.faults._collector import Collector, wait_until
+from tests._collector import Collector, wait_until
+from tests._services import require_service
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 RUNS, BATCHES, STEPS, KEYS = 24, 5, 20, 50
@@ -55,7 +56,7 @@ def pg_url():
             conn.execute(text(f"CREATE SCHEMA {schema}"))
     except Exception:  # noqa: BLE001
         admin.dispose()
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432 (scripts/services.sh starts it)")
+        require_service("PostgreSQL", "not reachable at 127.0.0.1:5432 (scripts/services.sh starts it)")
     url = f"{PG_SERVER}/stabmon_test?options=-csearch_path%3D{schema}"
     migrate.upgrade(url)
     yield url
@@ -74,7 +75,7 @@ def test_overload_is_503_with_retry_after_and_acknowledged_batches_are_stored_on
     store = Store(pg_url, pool_size=1)
     token, _ = store.create_token("shed")
     store.dispose()
-    col = Collector(tmp_path, pg_url, env=GATE).start()
+    col = Collector(pg_url, workdir=tmp_path, env=GATE).start()
     h = {"Authorization": f"Bearer {token}"}
     http = httpx.Client(base_url=col.url, headers=h, timeout=120)
     locker = create_engine(pg_url).connect()

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests._services import require_service
+
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
 
 
 def _pg_up() -> bool:
@@ -33,7 +35,7 @@ def _pg_up() -> bool:
 
 def test_short_soak_loses_nothing_and_never_5xx(tmp_path):
     if not _pg_up():
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432 (scripts/services.sh starts it)")
+        require_service("PostgreSQL", "not reachable at 127.0.0.1:5432 (scripts/services.sh starts it)")
     out = tmp_path / "soak.json"
     cmd = [sys.executable, str(ROOT / "bench" / "soak.py"), "--runs", "20", "--duration", "30"]
     cmd += ["--layers", "4", "--step-interval", "0.25", "--readers", "2", "--drain-timeout", "90"]

@@ -3,7 +3,8 @@
 Each test session gets its own SQLite file and its own PostgreSQL schema (in database
 ``stabmon_test``, selected through ``search_path`` in the URL), both migrated once; tables are
 emptied between tests. So the suite runs in parallel with other sessions on the same server.
-PostgreSQL cases are skipped (not failed) when no server answers at 127.0.0.1:5432.
+PostgreSQL cases are skipped locally and failed in CI (tests/_services.py) when no server answers
+at 127.0.0.1:5432.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import create_engine, text
 from monitor.api import create_app
 from monitor.settings import Settings
 from monitor.store import Store, migrate
+from tests._services import require_service
 
 PG_SERVER = os.environ.get("STABMON_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 PG_DB = "stabmon_test"
@@ -43,7 +45,7 @@ def _pg_available() -> bool:
 def pg_schema_url() -> Iterator[callable]:
     """A factory of fresh, empty PostgreSQL schemas: returns a URL whose search_path is one."""
     if not _pg_available():
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432 (scripts/services.sh starts it)")
+        require_service("PostgreSQL", "not reachable at 127.0.0.1:5432 (scripts/services.sh starts it)")
     admin = create_engine(f"{PG_SERVER}/{PG_DB}")
     made: list[str] = []
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 from monitor.alerts import AlertDispatcher, DeliveryAttempt, MemoryDeliveryLog, WebhookSettings
 from monitor.alerts.outbox import MemoryOutbox, PendingDelivery, reconcile
-from tests.faults._collector import wait_until
+from tests._collector import wait_until
 from tests.monitor._alerts_receiver import Receiver
 from tests.monitor.conftest import make_api
 

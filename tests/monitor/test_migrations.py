@@ -51,6 +51,7 @@ def test_upgrade_check_downgrade_upgrade(fresh_url):
     assert migrate.is_at_head(fresh_url)
 
 
+@pytest.mark.integration
 def test_alembic_cli_from_the_repo_root(fresh_url):
     env = {**os.environ, "STABMON_DB": fresh_url}
     for args in (["upgrade", "head"], ["check"]):

@@ -1,6 +1,6 @@
 """A real Prometheus scrapes a real collector (uvicorn on a free port) and a stabmon series is
-read back through Prometheus' HTTP query API. Skipped when the ``prometheus`` binary is absent
-(scripts/services.sh installs it)."""
+read back through Prometheus' HTTP query API. Without the ``prometheus`` binary it is skipped
+locally and fails in CI (scripts/services.sh installs it)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import uvicorn
 from monitor.api import create_app
 from monitor.settings import Settings
 from stabmon.net import free_port
+from tests._services import require_service
 
-pytestmark = pytest.mark.prometheus
+pytestmark = [pytest.mark.integration, pytest.mark.prometheus]
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def collector(tmp_path):  # noqa: ANN201
 def test_prometheus_scrapes_the_collector(collector, tmp_path):
     prom = shutil.which("prometheus")
     if prom is None:
-        pytest.skip("prometheus binary not installed")
+        require_service("prometheus", "the binary is not installed (scripts/services.sh installs it)")
     url, token = collector
     h = {"Authorization": f"Bearer {token}"}
     httpx.post(f"{url}/api/v1/runs", json={"id": "r1", "name": "r1"}, headers=h).raise_for_status()

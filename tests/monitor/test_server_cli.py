@@ -50,6 +50,7 @@ def test_non_loopback_bind_needs_a_token(tmp_path):
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
 
 
+@pytest.mark.integration
 def test_token_cli_create_list_revoke(tmp_path):
     db = f"sqlite:///{tmp_path / 'c.db'}"
     p = run_cli("token", "create", "--project", "proj", "--label", "ci", "--db", db, cwd=tmp_path)
@@ -69,6 +70,7 @@ def test_token_cli_create_list_revoke(tmp_path):
         store.dispose()
 
 
+@pytest.mark.integration
 def test_db_cli_and_serve_refusal(tmp_path):
     db = f"sqlite:///{tmp_path / 'd.db'}"
     up = run_cli("db", "upgrade", "--db", db, cwd=tmp_path)

@@ -19,12 +19,13 @@ import pytest
 from monitor.server import BindRefused, prepare
 from monitor.settings import Settings
 from monitor.store import Store, migrate
-from tests.faults._collector import Collector, wait_until
+from tests._collector import Collector, wait_until
 from trainer_hooks.client import Client, RunInfo
 
 HOOK_SECRET = "hooksecret9f8e7d"
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_tokens_and_webhook_secrets_never_reach_the_logs(tmp_path, caplog):
     db = f"sqlite:///{tmp_path / 'stabmon.db'}"
@@ -35,7 +36,7 @@ def test_tokens_and_webhook_secrets_never_reach_the_logs(tmp_path, caplog):
     store.revoke_token(revoked)
     store.dispose()
     col = Collector(
-        tmp_path, db, env={"STABMON_WEBHOOK_BACKOFF_S": "0.05", "STABMON_WEBHOOK_MAX_ATTEMPTS": "2"}
+        db, workdir=tmp_path, env={"STABMON_WEBHOOK_BACKOFF_S": "0.05", "STABMON_WEBHOOK_MAX_ATTEMPTS": "2"}
     )
     col.start()
     caplog.set_level(logging.DEBUG)
@@ -102,6 +103,7 @@ def test_non_loopback_bind_without_a_token_is_refused_with_the_reason(tmp_path, 
     assert not (tmp_path / "fresh.db.token").exists()  # no token was minted silently
 
 
+@pytest.mark.integration
 def test_serve_cli_exits_with_the_reason(tmp_path):
     cmd = [sys.executable, "-m", "stabmon_cli", "serve", "--db", f"sqlite:///{tmp_path / 'x.db'}"]
     cmd += ["--host", "0.0.0.0", "--port", "9"]

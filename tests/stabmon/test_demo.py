@@ -14,6 +14,8 @@ import pytest
 from monitor.store import Store
 from stabmon_cli.demo_runner import DemoConfig, free_port, report_json, run_demo
 
+pytestmark = pytest.mark.integration
+
 RUN_KEYS = {
     "variant", "lr", "run_id", "status", "diverged", "diverged_at", "first_alert_step", "lead_steps",
     "alerts", "final_loss", "min_loss", "steps_run", "points_last_step", "series", "dashboard_url",

@@ -149,6 +149,7 @@ def test_cell_names_and_max_stable_lr():
     assert max_stable_lr(rows) == {"a": 0.01, "b": None, "c": 0.3, "d": 0.03}
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # two spawned worker processes, each importing torch
 def test_cli_runs_two_cells_in_two_processes_and_resumes(tmp_path):
     cmd = [
@@ -167,6 +168,7 @@ def test_cli_runs_two_cells_in_two_processes_and_resumes(tmp_path):
     assert "[1/" not in second.stderr  # nothing ran
 
 
+@pytest.mark.integration
 def test_cli_rejects_bad_grid(tmp_path):
     cmd = [sys.executable, "-m", "stabmon_cli", "sweep", "--lrs", "1e-2,abc", "--out", str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -18,10 +18,12 @@ import sys
 import httpx
 import pytest
 
-from stabmon_cli.demo_runner import free_port, start_collector
+from tests._collector import start_collector
 from trainer_hooks.actions import AlertPolicy, PolicyConfig
 from trainer_hooks.lab.remote import run_monitored
 from trainer_hooks.lab.train import TrainConfig
+
+pytestmark = pytest.mark.integration
 
 DIVERGING = dict(
     variant="baseline", preset="tiny", lr=1.0, warmup=100, steps=150, grad_clip=0.0, eval_every=0
@@ -30,9 +32,8 @@ DIVERGING = dict(
 
 @pytest.fixture(scope="module")
 def collector(tmp_path_factory):
-    c = start_collector(tmp_path_factory.mktemp("collector") / "stabmon.db", port=free_port(0))
-    yield c
-    c.stop()
+    with start_collector(tmp_path_factory.mktemp("collector") / "stabmon.db", log_level="warning") as c:
+        yield c
 
 
 def get(collector, path: str):

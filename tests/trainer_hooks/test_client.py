@@ -306,6 +306,7 @@ def test_full_spool_thins_old_steps_during_a_long_outage(collector, tmp_path):
     c.close()
 
 
+@pytest.mark.integration
 def test_leftover_spool_from_an_exited_process_is_replayed_by_a_new_client(collector, tmp_path):
     collector.stop()
     script = textwrap.dedent(

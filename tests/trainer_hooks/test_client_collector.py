@@ -5,43 +5,24 @@ The training side never imports the collector: it is reached over HTTP only."""
 
 import importlib.util
 import math
-import os
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
-from stabmon.net import free_port
+from tests._collector import Collector
 from tests.trainer_hooks._collector_fake import wait_until
 from trainer_hooks.client import Client, RunInfo
 
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "sqlalchemy"))
-    or importlib.util.find_spec("monitor.api") is None,
-    reason="the collector (stabmon[server]) is not installed",
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "sqlalchemy"))
+        or importlib.util.find_spec("monitor.api") is None,
+        reason="the collector (stabmon[server]) is not installed",
+    ),
+]
 
 KEYS = ("loss", "layer.0.fc2.l2_mean", "layer.1.attn.logit_max")
-
-
-def _serve(tmp_path, db: str, port: int) -> subprocess.Popen:
-    log = open(tmp_path / f"collector-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "stabmon_cli", "serve", "--db", db, "--port", str(port)]
-    cmd += ["--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def up() -> bool:
-        assert proc.poll() is None, (tmp_path / log.name).read_text()
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    assert wait_until(up, timeout=90), "collector did not come up"
-    return proc
 
 
 def _record(step: int) -> dict:
@@ -54,11 +35,10 @@ def _record(step: int) -> dict:
 
 
 def test_client_survives_a_collector_crash_and_restart_exactly_once(tmp_path):
-    db, port = f"sqlite:///{tmp_path / 'stabmon.db'}", free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = _serve(tmp_path, db, port)
+    col = Collector(tmp_path / "stabmon.db", workdir=tmp_path, log_level="warning").start()
+    url = col.url
     try:
-        token = (tmp_path / "stabmon.db.token").read_text().strip()
+        token = col.token
         c = Client(
             url,
             token=token,
@@ -72,12 +52,11 @@ def test_client_survives_a_collector_crash_and_restart_exactly_once(tmp_path):
         for s in range(100):
             c.write(_record(s))
         assert wait_until(lambda: c.stats.points_acked >= 30, timeout=30)
-        proc.kill()  # a hard crash: no graceful shutdown
-        proc.wait(30)
+        col.kill()  # a hard crash: no graceful shutdown
         for s in range(100, 200):
             c.write(_record(s))
         assert wait_until(lambda: c.stats.retries >= 2, timeout=30)
-        proc = _serve(tmp_path, db, port)
+        col.start()  # the same database and port
         for s in range(200, 300):
             c.write(_record(s))
         assert c.flush(60), c.stats
@@ -103,5 +82,4 @@ def test_client_survives_a_collector_crash_and_restart_exactly_once(tmp_path):
         run = httpx.get(f"{url}/api/v1/runs/{c.run_id}", headers=h, timeout=30).json()
         assert run["status"] == "finished" and run["config"] == {"variant": "qk_norm"}
     finally:
-        proc.kill()
-        proc.wait(30)
+        col.kill()

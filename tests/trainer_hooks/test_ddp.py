@@ -18,6 +18,8 @@ from tests.trainer_hooks.test_hooks_support import ListSink, loss_of, nano
 from trainer_hooks.hooks import attach
 from trainer_hooks.hooks.accumulate import MAX, kind_of
 
+pytestmark = pytest.mark.integration
+
 WORLD = 2
 STEPS = 2
 

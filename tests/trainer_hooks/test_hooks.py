@@ -253,6 +253,7 @@ def test_explicit_attention_path_only_on_recorded_steps():
     assert [b.attn.record_attention for b in model.blocks] == [False, True]
 
 
+@pytest.mark.integration
 def test_package_exports_load_lazily():
     import subprocess
     import sys

@@ -177,6 +177,7 @@ def test_train_with_sink_attaches_monitoring(corpus):
     assert any(k.startswith("layer.1.attn.logit") for k in keys)
 
 
+@pytest.mark.integration
 def test_cli_train_json(corpus, tmp_path):
     out = subprocess.run(
         [

@@ -1,4 +1,5 @@
-"""Realistic synthetic training series for the dashboard tests and the render benchmark.
+"""Realistic synthetic training series for the dashboard tests and the render benchmark (here, in
+bench/, because the tests may import the benchmarks but the benchmarks never import the tests).
 
 A run is ``layers`` transformer blocks with output norms at ``qkv``/``proj``/``fc1``/``fc2``
 (or any ``sites``; ``l2_mean`` and ``l2_max``), attention-logit maxima and entropies, plus loss, learning rate

@@ -9,17 +9,13 @@ run's external id, like the rest of the API.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sqlalchemy import select
 
 from monitor.alerts.log import DeliveryAttempt
 from monitor.store import models as m
 from monitor.store.codec import aware
+from monitor.store.engine import Database
 from monitor.store.errors import NotFound
-
-if TYPE_CHECKING:
-    from monitor.store.store import Store
 
 alert_deliveries = m.alert_deliveries
 
@@ -44,7 +40,7 @@ def _attempt(row) -> DeliveryAttempt:  # noqa: ANN001
 class SqlDeliveryLog:
     """:class:`~monitor.alerts.log.DeliveryLog` on the collector's database."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
 
     def record(self, attempt: DeliveryAttempt) -> None:

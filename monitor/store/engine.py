@@ -10,9 +10,11 @@ one waits for the write lock up front. PostgreSQL uses psycopg 3 with a small po
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Protocol
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from monitor.store.codec import dumps_json
@@ -67,3 +69,12 @@ def _configure_sqlite(engine: Engine, busy_ms: int) -> None:
     def _on_begin(conn):  # noqa: ANN001
         write = conn.get_execution_options().get(WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class Database(Protocol):
+    """What the store's side tables (delivery log, outbox) need from :class:`Store`: its engine
+    for reads and its write transaction (which takes SQLite's write lock up front)."""
+
+    engine: Engine
+
+    def write_transaction(self) -> AbstractContextManager[Connection]: ...

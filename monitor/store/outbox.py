@@ -9,16 +9,12 @@ is scheduled, one per retry, one at the end.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sqlalchemy import and_, delete, func, select, update
 
 from monitor.alerts.outbox import Key, PendingDelivery
 from monitor.store import models as m
 from monitor.store.codec import aware, utcnow
-
-if TYPE_CHECKING:
-    from monitor.store.store import Store
+from monitor.store.engine import Database
 
 alert_outbox = m.alert_outbox
 
@@ -34,7 +30,7 @@ class SqlOutbox:
 
     durable = True
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
 
     def put(self, delivery: PendingDelivery, owner: str) -> None:

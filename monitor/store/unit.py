@@ -13,19 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection
 
 from monitor.alerts.lifecycle import AlertRecord
 from monitor.store import alerts as alert_rows
 from monitor.store import run_state
-from monitor.store.points import PointLike, WriteResult
+from monitor.store.points import PointLike, PointsMixin, WriteResult
 from monitor.store.runs import RunRef
 from stabmon.wire import AlertPublic
-
-if TYPE_CHECKING:
-    from monitor.store.store import Store
 
 Stamp = tuple[int | None, datetime]
 """(last step, written at) of a run's stored detector state."""
@@ -34,7 +31,7 @@ Stamp = tuple[int | None, datetime]
 class IngestUnit:
     """One ingest's transaction on ``run`` (locked for its duration)."""
 
-    def __init__(self, store: Store, conn: Connection, run: RunRef) -> None:
+    def __init__(self, store: PointsMixin, conn: Connection, run: RunRef) -> None:
         self._store, self._conn, self.run = store, conn, run
 
     @property

@@ -1,4 +1,8 @@
-"""stabmon's training side: the GPT model and trainer, the forward hooks, the collector client.
+"""stabmon's training side: the library a training job imports (forward hooks
+:mod:`~trainer_hooks.hooks`, the collector client :mod:`~trainer_hooks.client`, the HF and
+Lightning callbacks :mod:`~trainer_hooks.integrations`, the alert policy
+:mod:`~trainer_hooks.actions`) and, apart from it, our research lab :mod:`trainer_hooks.lab`
+(the GPT with the paper's variants, its trainer and the LR sweep).
 
 The common entry points are re-exported here: ``attach`` and ``Monitor`` (forward hooks, from
 :mod:`trainer_hooks.hooks`) and ``Client``, ``RunInfo`` and ``MemorySink`` (from :mod:`trainer_hooks.client`).

@@ -22,11 +22,11 @@ import logging
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 
 from monitor.api.admission import Overloaded
 from monitor.metrics import AppMetrics
 from monitor.store import Conflict, LimitExceeded, NotFound
+from monitor.store.errors import DATABASE_DOWN, POOL_EXHAUSTED, UNSTORABLE
 
 log = logging.getLogger("monitor.api")
 
@@ -176,15 +176,15 @@ def install_error_handlers(app: FastAPI, metrics: AppMetrics, retry_after_s: int
             headers={"Retry-After": str(retry_after_s)},
         )
 
-    @app.exception_handler(sa_exc.DataError)
-    async def _unstorable(_request: Request, e: sa_exc.DataError) -> JSONResponse:
+    @app.exception_handler(UNSTORABLE)
+    async def _unstorable(_request: Request, e: Exception) -> JSONResponse:
         # Input the database cannot hold although it passed validation, e.g. a NUL character
         # in a text field on PostgreSQL. The transaction was rolled back; nothing was stored.
         metrics.reject("validation")
         reason = str(getattr(e, "orig", e)).splitlines()[0][:300]
         return JSONResponse({"detail": f"value cannot be stored: {reason}"}, status_code=422)
 
-    for exc_type in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError):
+    for exc_type in DATABASE_DOWN:
         app.add_exception_handler(exc_type, _db_down)
 
     def _busy(detail: str) -> JSONResponse:
@@ -195,8 +195,8 @@ def install_error_handlers(app: FastAPI, metrics: AppMetrics, retry_after_s: int
     async def _overloaded(_request: Request, e: Overloaded) -> JSONResponse:
         return _busy(str(e))  # not logged: under overload that is one line per refused batch
 
-    @app.exception_handler(sa_exc.TimeoutError)
-    async def _pool_timeout(request: Request, e: sa_exc.TimeoutError) -> JSONResponse:
+    @app.exception_handler(POOL_EXHAUSTED)
+    async def _pool_timeout(request: Request, e: Exception) -> JSONResponse:
         # QueuePool's checkout timeout: every connection is in use by other requests.
         log.warning("no free database connection on %s %s: %s", request.method, request.url.path, e)
         return _busy("collector overloaded: every database connection is busy; retry later")

@@ -1,8 +1,22 @@
 """Errors the store raises for conditions a caller can act on (the API maps them to 4xx).
 
-Database outages surface as SQLAlchemy's ``OperationalError``/``InterfaceError``, which the
-API turns into 503 with ``Retry-After``; the store does not wrap them.
+Database outages surface as the driver's own errors, which the store does not wrap; it names
+their classes here (:data:`DATABASE_DOWN`, :data:`POOL_EXHAUSTED`, :data:`UNSTORABLE`) so that
+the API maps them to 503 / 422 without importing SQLAlchemy.
 """
+
+from sqlalchemy import exc as _sa
+
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    _sa.OperationalError,
+    _sa.InterfaceError,
+    _sa.DisconnectionError,
+)
+"""The database is unreachable or dropped the connection (503 with ``Retry-After``)."""
+POOL_EXHAUSTED: type[Exception] = _sa.TimeoutError
+"""Every pooled connection is busy past the checkout timeout (503, the collector is overloaded)."""
+UNSTORABLE: type[Exception] = _sa.DataError
+"""A value passed validation but the database cannot hold it, e.g. NUL in PostgreSQL text (422)."""
 
 
 class StoreError(Exception):

@@ -175,3 +175,14 @@ def test_importing_the_whole_training_side_loads_no_web_stack() -> None:
 def test_importing_the_collector_and_dashboard_loads_no_training_stack() -> None:
     got = _probe(["monitor", "dashboard"], (*TRAINING_STACK, "trainer_hooks"))
     assert got["loaded"] == [], f"the collector pulled in {got['loaded']}"
+
+
+def test_sql_stays_behind_the_store() -> None:
+    """Routes and services hold no SQL: inside the collector only ``monitor/store`` imports
+    SQLAlchemy (the API maps database errors by the classes the store names)."""
+    bad = [
+        imp
+        for imp in project_imports(("monitor", "dashboard"))
+        if imp.top == "sqlalchemy" and imp.path.parts[:2] != ("monitor", "store")
+    ]
+    assert not bad, "SQLAlchemy imported outside monitor/store:\n" + _report(bad)

@@ -7,8 +7,10 @@ so rank 0 carries the run's view); advance the run's alerts with the findings (t
 lifecycle, :func:`monitor.alerts.lifecycle.advance`) and write the changed ones; save the
 detector state. A 2xx therefore means points, alerts and detector state are committed together,
 and a collector restart resumes from the saved state (or, when the snapshot is missing or
-unreadable, rebuilds it by replaying the stored series). After the commit, the changed alerts go
-to the notifier (the webhook dispatcher, which keeps what it owes in the store's outbox).
+unreadable, rebuilds it by replaying the stored series). The webhook deliveries the changed alerts
+call for are planned and put in the store's outbox in the same transaction, and handed to the
+dispatcher to send once it committed; a collector that dies in between sends them at its next
+start.
 
 Between batches the service keeps each run's live state in memory, stamped with the
 ``run_state`` row it wrote; a batch reuses it only when the stored stamp is still that one (no
@@ -48,6 +50,10 @@ class DetectorLike(Protocol):
 
 
 class Notifier(Protocol):
+    """Hears of the alerts a batch changed, after the commit. A notifier that also has
+    ``plan(run, alerts)``, ``schedule(planned)`` and ``owner`` (the webhook dispatcher) gets its
+    deliveries queued in the ingest transaction instead, and scheduled after the commit."""
+
     def notify(self, run: Mapping[str, Any], alerts: Sequence[AlertPublic]) -> None: ...
 
 
@@ -140,6 +146,7 @@ class IngestService:
         steps = _rank_steps(body, DETECTOR_RANK)
         live: tuple[str, Any, Any] | None = None  # (run key, stamp, state), kept once committed
         changed: list[AlertPublic] = []
+        planned = None  # webhook deliveries queued in this transaction
         with self.store.ingest_unit(project_id, run_id) as unit:
             res = unit.write_points(body.batch_id, body.points)
             if not res.duplicate and det is not None and steps:
@@ -147,6 +154,8 @@ class IngestService:
                 if fired is not None:
                     findings, live = fired
                     changed = unit.save_alerts(advance(unit.open_alert_records(), findings, utcnow()))
+                    if changed:
+                        planned = self._queue_deliveries(unit, run, changed)
             alerts = unit.open_alerts()
         if live is not None:  # committed: the in-memory state is now the stored one
             key, stamp, state = live
@@ -159,7 +168,10 @@ class IngestService:
             return IngestResponse(batch_id=body.batch_id, accepted=0, duplicate=True, alerts=alerts)
         if changed and self.notifier is not None:
             try:
-                self.notifier.notify(run, changed)
+                if planned is not None:
+                    self.notifier.schedule(planned)
+                else:
+                    self.notifier.notify(run, changed)
             except Exception:  # a notifier must not fail an acknowledged batch
                 log.exception("run %s (project %s): alert notifier failed", run_id, project_id)
         # Alerts this batch resolved are in ``changed`` only: send them too, or a job acting on
@@ -168,6 +180,21 @@ class IngestService:
         closed = {a.id: a for a in changed if a.id not in listed}  # the last change of each wins
         alerts = alerts + [a for a in closed.values() if a.status != "open"]
         return IngestResponse(batch_id=body.batch_id, accepted=res.accepted, duplicate=False, alerts=alerts)
+
+    def _queue_deliveries(self, unit: IngestUnit, run: RunPublic, changed: list[AlertPublic]) -> Any:
+        """Plan the webhook deliveries of ``changed`` and put them in the outbox in ``unit``'s
+        transaction; None (the notifier then hears of them after the commit) when the notifier
+        does not plan, or planning failed: a webhook problem must not fail the batch."""
+        plan = getattr(self.notifier, "plan", None)
+        if plan is None:
+            return None
+        try:
+            planned = plan(run, changed)
+        except Exception:
+            log.exception("run %s: planning webhook deliveries failed; notifying after commit", run.id)
+            return None
+        unit.queue_deliveries(planned.pending(), self.notifier.owner)
+        return planned
 
     def _detect(
         self, unit: IngestUnit, det: DetectorLike, steps: list[tuple[int, dict[str, float]]]

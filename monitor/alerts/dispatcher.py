@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -72,6 +72,32 @@ class _Delivery:
     @property
     def key(self) -> Key:
         return (self.alert_id, self.event, self.target.target_id)
+
+    def pending(self, due_at: datetime) -> PendingDelivery:
+        """This delivery as the outbox stores it."""
+        return PendingDelivery(
+            alert_id=self.alert_id,
+            run_id=self.run_id,
+            event=self.event,
+            target_id=self.target.target_id,
+            attempt=self.attempt,
+            due_at=due_at,
+            payload=self.payload,
+            run_config=self.run_config,
+        )
+
+
+@dataclass
+class Planned:
+    """What :meth:`AlertDispatcher.plan` decided for one notification."""
+
+    deliveries: list[_Delivery] = field(default_factory=list)
+    seen: dict[int, tuple[str, str]] = field(default_factory=dict)
+    """Alert id -> (severity, status) notified, applied when scheduled."""
+
+    def pending(self) -> list[PendingDelivery]:
+        now = utcnow()
+        return [d.pending(now) for d in self.deliveries]
 
 
 class AlertDispatcher:
@@ -223,11 +249,27 @@ class AlertDispatcher:
                 self._inbox.task_done()
 
     def _plan(self, run: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
-        own, errors = run_targets(run.get("config"))
+        planned = self.plan(run, alerts)
+        for d in planned.deliveries:
+            self._persist(d, delay=0.0)
+        self.schedule(planned)
+
+    def plan(self, run: Mapping[str, Any], alerts: Iterable[Mapping[str, Any]]) -> Planned:
+        """The deliveries that alert snapshots of one run call for, neither stored nor
+        scheduled: the ingest service writes them to the outbox inside its transaction
+        (:attr:`Planned.pending`) and hands them to :meth:`schedule` once it committed. Events
+        already delivered (a restart must not page twice) or already owed are left out."""
+        run_d = run.model_dump() if hasattr(run, "model_dump") else dict(run)
+        snapshot = [a.model_dump() if hasattr(a, "model_dump") else dict(a) for a in alerts]
+        own, errors = run_targets(run_d.get("config"))
         for err in errors:
-            log.warning("run %s: ignoring webhook %s", run.get("id"), err)
+            log.warning("run %s: ignoring webhook %s", run_d.get("id"), err)
         targets = merge_targets(self._global_targets, own)
-        for event, alert in classify_events(alerts, self._seen):
+        # Classified against a copy: what this dispatcher has notified changes only when the
+        # plan is scheduled (a rolled-back ingest must not make its escalation look sent).
+        seen = {int(a["id"]): self._seen[int(a["id"])] for a in snapshot if int(a["id"]) in self._seen}
+        planned = Planned(seen=seen)
+        for event, alert in classify_events(snapshot, seen):
             self._bump("events")
             for target in targets:
                 if not target.wants(str(alert["severity"])):
@@ -242,32 +284,47 @@ class AlertDispatcher:
                 if owed:
                     self._bump("skipped_pending")
                     continue
-                payload = build_payload(target.format, event, alert, run, self.settings.public_url)
-                d = _Delivery(
-                    due=self._clock(),
-                    seq=next(self._seq),
-                    target=target,
-                    event=event,
-                    alert_id=int(alert["id"]),
-                    run_id=str(run["id"]),
-                    payload=payload,
-                    run_config=dict(run.get("config") or {}),
+                payload = build_payload(target.format, event, alert, run_d, self.settings.public_url)
+                planned.deliveries.append(
+                    _Delivery(
+                        due=self._clock(),
+                        seq=next(self._seq),
+                        target=target,
+                        event=event,
+                        alert_id=int(alert["id"]),
+                        run_id=str(run_d["id"]),
+                        payload=payload,
+                        run_config=dict(run_d.get("config") or {}),
+                    )
                 )
-                self._persist(d, delay=0.0)
-                self._schedule(d)
-            if event == "resolved":
-                # A resolved alert never changes again: forget it, so memory stays bounded.
-                self._seen.pop(int(alert["id"]), None)
+        return planned
 
-    def _schedule(self, d: _Delivery) -> None:
+    def schedule(self, planned: Planned) -> None:
+        """Send what :meth:`plan` planned (already in the outbox) and remember its events."""
+        for aid, state in planned.seen.items():
+            if state[1] == "resolved":
+                # A resolved alert never changes again: forget it, so memory stays bounded.
+                self._seen.pop(aid, None)
+            else:
+                self._seen[aid] = state
+        for d in planned.deliveries:
+            self._schedule(d, new=True)
+
+    def _schedule(self, d: _Delivery, new: bool = False) -> bool:
+        """Put ``d`` on the heap; False if it was not. ``new``: only if its key is not owed
+        already (the outbox is resumed on a thread of its own, and may have taken a just-queued
+        row first)."""
         with self._cond:
+            if new and d.key in self._pending:
+                return False
             if self._stopping:
                 self._pending.discard(d.key)
                 self._bump("abandoned")
-                return
+                return False
             heapq.heappush(self._heap, d)
             self._pending.add(d.key)
             self._cond.notify()
+            return True
 
     # -- the outbox -------------------------------------------------------------------
     def _resume(self) -> None:
@@ -303,9 +360,9 @@ class AlertDispatcher:
                 self._outbox_call(self.outbox.remove, p.key)
                 continue
             wait = max(0.0, (now_p.due_at - now_wall).total_seconds())
-            resumed += 1
-            self._schedule(
-                _Delivery(
+            resumed += self._schedule(
+                new=True,
+                d=_Delivery(
                     due=now + wait,
                     seq=next(self._seq),
                     target=target,
@@ -315,7 +372,7 @@ class AlertDispatcher:
                     payload=now_p.payload,
                     attempt=now_p.attempt,
                     run_config=now_p.run_config,
-                )
+                ),
             )
         if resumed:
             self._bump("resumed", resumed)
@@ -324,16 +381,7 @@ class AlertDispatcher:
     def _persist(self, d: _Delivery, delay: float) -> None:
         """Record (or update) ``d`` in the outbox, its next attempt due in ``delay`` seconds.
         Sets ``d.persisted``: an attempt the outbox does not hold is sent without asking it."""
-        pending = PendingDelivery(
-            alert_id=d.alert_id,
-            run_id=d.run_id,
-            event=d.event,
-            target_id=d.target.target_id,
-            attempt=d.attempt,
-            due_at=utcnow() + timedelta(seconds=delay),
-            payload=d.payload,
-            run_config=d.run_config,
-        )
+        pending = d.pending(utcnow() + timedelta(seconds=delay))
         # put() returns None; the default, False, says it raised.
         d.persisted = self._outbox_call(self.outbox.put, pending, self.owner, default=False) is not False
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monitor.alerts.dispatcher import AlertDispatcher
+from monitor.alerts.dispatcher import AlertDispatcher, Planned
 
 log = logging.getLogger("stabmon.alerts")
 
@@ -28,6 +28,20 @@ class LazyDispatcher:
     def notify(self, run: Mapping[str, Any], alerts: Sequence[Any]) -> None:
         self._start()
         self.dispatcher.notify(run, alerts)
+
+    @property
+    def owner(self) -> str:
+        """The dispatcher's name in the outbox (rows it queues and sends)."""
+        return self.dispatcher.owner
+
+    def plan(self, run: Mapping[str, Any], alerts: Sequence[Any]) -> Planned:
+        """The deliveries ``alerts`` call for (see :meth:`AlertDispatcher.plan`)."""
+        return self.dispatcher.plan(run, alerts)
+
+    def schedule(self, planned: Planned) -> None:
+        """Send deliveries the caller already put in the outbox."""
+        self._start()
+        self.dispatcher.schedule(planned)
 
     def resume(self) -> int:
         """Start now if the outbox holds deliveries; returns how many it holds."""

@@ -9,7 +9,7 @@ is scheduled, one per retry, one at the end.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import Connection, and_, delete, func, select, update
 
 from monitor.alerts.outbox import Key, PendingDelivery
 from monitor.store import models as m
@@ -25,6 +25,24 @@ def _match(key: Key):  # noqa: ANN202
     return and_(o.alert_id == alert_id, o.event == event, o.target_id == target_id)
 
 
+def put(conn: Connection, delivery: PendingDelivery, owner: str) -> None:
+    """Record ``delivery`` in ``conn``'s transaction, replacing the row of the same key. Delete
+    and insert: a portable upsert, and rare (once per scheduled delivery and attempt)."""
+    conn.execute(delete(alert_outbox).where(_match(delivery.key)))
+    conn.execute(
+        alert_outbox.insert().values(
+            alert_id=delivery.alert_id,
+            event=delivery.event,
+            target_id=delivery.target_id,
+            owner=owner,
+            attempt=delivery.attempt,
+            due_at=delivery.due_at,
+            payload=delivery.payload,
+            created_at=utcnow(),
+        )
+    )
+
+
 class SqlOutbox:
     """:class:`~monitor.alerts.outbox.Outbox` on the collector's database."""
 
@@ -34,21 +52,8 @@ class SqlOutbox:
         self.store = store
 
     def put(self, delivery: PendingDelivery, owner: str) -> None:
-        # Delete and insert in one transaction: a portable upsert, and rare (once per attempt).
         with self.store.write_transaction() as conn:
-            conn.execute(delete(alert_outbox).where(_match(delivery.key)))
-            conn.execute(
-                alert_outbox.insert().values(
-                    alert_id=delivery.alert_id,
-                    event=delivery.event,
-                    target_id=delivery.target_id,
-                    owner=owner,
-                    attempt=delivery.attempt,
-                    due_at=delivery.due_at,
-                    payload=delivery.payload,
-                    created_at=utcnow(),
-                )
-            )
+            put(conn, delivery, owner)
 
     def remove(self, key: Key) -> None:
         with self.store.write_transaction() as conn:

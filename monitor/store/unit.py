@@ -2,10 +2,10 @@
 
 :meth:`UnitMixin.ingest_unit` opens it; the ingest service (:mod:`monitor.ingest`) then owns
 the sequence inside it: write the batch's points, load and save the detector state, read the
-open alerts and write the ones the lifecycle (:mod:`monitor.alerts.lifecycle`) changed. All of
-it commits together or not at all, so a 2xx means points, detector state and alerts are stored
-together. The SQLAlchemy connection never leaves this package: the unit's methods are the
-whole interface.
+open alerts and write the ones the lifecycle (:mod:`monitor.alerts.lifecycle`) changed, queue
+the webhook deliveries they call for in the outbox. All of it commits together or not at all,
+so a 2xx means points, detector state, alerts and owed deliveries are stored together. The
+SQLAlchemy connection never leaves this package: the unit's methods are the whole interface.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 from sqlalchemy import Connection
 
 from monitor.alerts.lifecycle import AlertRecord
+from monitor.alerts.outbox import PendingDelivery
 from monitor.store import alerts as alert_rows
-from monitor.store import run_state
+from monitor.store import outbox, run_state
 from monitor.store.points import PointLike, PointsMixin, WriteResult
 from monitor.store.runs import RunRef
 from stabmon.wire import AlertPublic
@@ -64,6 +65,12 @@ class IngestUnit:
 
     def open_alerts(self) -> list[AlertPublic]:
         return alert_rows.open_alerts(self._conn, self.run)
+
+    def queue_deliveries(self, deliveries: Sequence[PendingDelivery], owner: str) -> None:
+        """Put webhook deliveries in the outbox, committed with the alerts they announce: a
+        collector that dies right after the commit still owes them at its next start."""
+        for d in deliveries:
+            outbox.put(self._conn, d, owner)
 
 
 class UnitMixin:

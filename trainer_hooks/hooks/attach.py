@@ -78,6 +78,15 @@ def _qk_normed(attn: nn.Module | None) -> bool:
     )
 
 
+def _projected_qk(attn: nn.Module | None) -> bool:
+    """Whether an attention module with a ``qk_probe`` uses q and k exactly as its ``qkv`` projection
+    outputs them (no ``qkv_norm``/``q_norm``/``k_norm`` in between; stabmon's ``baseline``): then the
+    qkv hook computes the logit bound from the tensor it reads anyway, and the probe stays unhooked."""
+    return attn is not None and all(
+        isinstance(getattr(attn, n, nn.Identity()), nn.Identity) for n in ("qkv_norm", "q_norm", "k_norm")
+    )
+
+
 def build_plan(
     model: nn.Module,
     sites: Mapping[str, str] | None = None,
@@ -108,13 +117,17 @@ def build_plan(
         elif ref.site == "lm_head" and not lm_head:
             continue
         elif ref.site in ("logit_probe", "prob_probe", "qk_probe"):
-            if not logits:
-                continue
+            if not logits or (ref.site == "qk_probe" and "qkv" in layer_sites and _projected_qk(attn)):
+                continue  # (the bound comes from the qkv hook)
             sp.attn = {"logit_probe": "probe", "prob_probe": "entropy", "qk_probe": "bound"}[ref.site]
             if attn is not None and hasattr(attn, "record_attention"):
                 attn_name = name.rsplit(".", 1)[0]
                 if attn_name not in plan.record_attention:
                     plan.record_attention.append(attn_name)
+        elif logits and ref.site == "qkv" and "qk_probe" in layer_sites:
+            if _projected_qk(attn) and isinstance(getattr(attn, "n_head", None), int):
+                sp.attn = "qkv_bound"  # l2 and the q/k bound in one pass over (B, T, 3d)
+                sp.n_head = attn.n_head
         elif logits and ref.site == "qkv" and "logit_probe" not in layer_sites:
             sp.attn = "fused"
             sp.n_head = n_head or _int_attr([attn, *configs], _HEAD_ATTRS)

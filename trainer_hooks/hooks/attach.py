@@ -197,15 +197,16 @@ def attach(
             (stabmon's GPT, rotary models).
         attn_rows: query rows per layer and recorded step for the sampled attention statistics
             (fixed cost in the batch size, linear in the context). ``None`` computes the whole
-            (B, nh, T, T) map instead: exact maxima, but on CPU about +15% of a ``small``-preset
-            step for stabmon's GPT (a forward-only attention recomputed per layer).
+            (B, nh, T, T) map instead: exact maxima, but on CPU about +20% to +30% of a
+            ``small``-preset step for stabmon's GPT (a forward-only attention recomputed per layer).
         lm_head: record ``lm_head.logit_max_abs``/``logz_mean``/``logz_max`` from 64 sampled
             positions of the LM head's logits (cost 64 x vocabulary).
         params: record per-site ``grad_norm`` and ``param_norm`` (two foreach norm passes over
             the parameters per recorded step, after the optimizer step).
         update_stats: also record Adam/AdamW's per-site ``update_rms`` and ``update_ratio``
-            (opt-in: about seven foreach passes over the parameters per recorded step, +1.6% of
-            a ``small``-preset CPU step; skipped for other optimizers).
+            (opt-in: six foreach passes over the parameters and the optimizer state per recorded
+            step, about +1% of a ``small``-preset CPU step, 1.0 ms of 97; skipped for other
+            optimizers).
         n_head: attention heads, when neither the attention modules nor ``model.config`` say.
         start_step: the number of the first step (for resumed runs).
 

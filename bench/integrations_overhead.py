@@ -6,11 +6,14 @@ random-byte batches:
 - ``plain``: a nanoGPT-style PyTorch loop on stabmon's GPT; stabmon adds ``attach()`` and
   ``mon.step(loss=, lr=, grad_norm=)`` (examples/plain_loop.py);
 - ``hf``: a ``transformers.Trainer`` on a GPT-2 of that shape; stabmon adds ``StabmonCallback``;
+- ``llama``: the same ``Trainer`` on a ``LlamaForCausalLM`` of that shape built from a config
+  (rotary embeddings, gated MLP, grouped-query attention with 2 key/value heads; no download);
 - ``lightning``: a Lightning ``Trainer`` on a LightningModule wrapping stabmon's GPT; stabmon
   adds ``StabmonCallback``.
 
 Each is measured without stabmon and with it: records to a ``MemorySink`` with every statistic
-(``all``), the same with ``logits=False`` (``nologits``: output norms, loss, lr, grad norm),
+(``all``: ``update_stats=True``, and the plain loop hands ``attach`` its optimizer), the same
+with ``logits=False`` (``nologits``: output norms, loss, lr, grad norm),
 and, with ``--url``/``--token``, with a real collector ``Client`` (``client``; its batching and
 sending threads share the CPU with training). Each measurement is one short run; its time per
 step is the median interval between consecutive step ends, in process CPU time (all threads)
@@ -20,7 +23,8 @@ are interleaved round-robin with a rotating order, so noise and drift hit all of
 each figure is the median over ``--rounds`` rounds. The lines a user adds are counted in the
 examples, where every added line carries a ``# stabmon`` comment.
 
-Prints the table and writes the "Integrations overhead" section of docs/benchmarks.md.
+Prints the table and writes the "Integrations overhead" section of docs/benchmarks.md; the last
+lines printed are the overhead per configuration.
 Usage: ``python bench/integrations_overhead.py [--rounds 5] [--steps 20] [--threads 1] [--url URL]``.
 """
 
@@ -46,8 +50,13 @@ if __package__ in (None, ""):  # run as a script: make `bench.*` importable
     sys.path.insert(0, str(ROOT))
 from bench.report import BENCHMARKS_MD, write_section  # noqa: E402
 
-FRAMEWORKS = ("plain", "hf", "lightning")
-EXAMPLES = {"plain": "plain_loop.py", "hf": "hf_trainer.py", "lightning": "lightning_module.py"}
+FRAMEWORKS = ("plain", "hf", "llama", "lightning")
+EXAMPLES = {
+    "plain": "plain_loop.py",
+    "hf": "hf_trainer.py",
+    "llama": "hf_trainer.py",
+    "lightning": "lightning_module.py",
+}
 SHAPE = preset("small")
 B, T = 16, SHAPE.block_size
 MARK = re.compile(r"\s# stabmon(:|$)")  # a trailing comment, not the docstring's ``# stabmon``
@@ -84,7 +93,7 @@ def make_sink(mode: str, args):
 
 
 def attach_options(mode: str) -> dict:
-    return {"logits": False} if mode == "nologits" else {}
+    return {"logits": False} if mode == "nologits" else {"update_stats": True}
 
 
 def run_plain(mode: str, args) -> tuple[float, float]:
@@ -96,7 +105,7 @@ def run_plain(mode: str, args) -> tuple[float, float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = random_batches(B * (args.steps + args.warmup + 1))
     sink = make_sink(mode, args)
-    mon = attach(model, sink=sink, **attach_options(mode)) if sink is not None else None
+    mon = attach(model, sink=sink, optimizer=opt, **attach_options(mode)) if sink is not None else None
     stamps = []
     for i in range(args.steps + args.warmup + 1):
         xy = data[i * B : (i + 1) * B]
@@ -114,8 +123,36 @@ def run_plain(mode: str, args) -> tuple[float, float]:
     return per_step(stamps, args.warmup)
 
 
-def run_hf(mode: str, args) -> tuple[float, float]:
-    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+def gpt2_model():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=256, n_positions=T, n_embd=SHAPE.n_embd, n_layer=SHAPE.n_layer, n_head=SHAPE.n_head
+    )
+    return GPT2LMHeadModel(config)
+
+
+def llama_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=SHAPE.n_embd,
+        intermediate_size=4 * SHAPE.n_embd,
+        num_hidden_layers=SHAPE.n_layer,
+        num_attention_heads=SHAPE.n_head,
+        num_key_value_heads=2,
+        max_position_embeddings=T,
+    )
+    return LlamaForCausalLM(config)
+
+
+def run_llama(mode: str, args) -> tuple[float, float]:
+    return run_hf(mode, args, llama_model)
+
+
+def run_hf(mode: str, args, make_model=gpt2_model) -> tuple[float, float]:
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from trainer_hooks.integrations.hf import StabmonCallback
 
@@ -129,10 +166,7 @@ def run_hf(mode: str, args) -> tuple[float, float]:
     ids = random_batches(B * (args.steps + args.warmup + 1))[:, :T]
     dataset = [{"input_ids": x, "labels": x} for x in ids]
     torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=256, n_positions=T, n_embd=SHAPE.n_embd, n_layer=SHAPE.n_layer, n_head=SHAPE.n_head
-    )
-    model = GPT2LMHeadModel(config)
+    model = make_model()
     stamps = Stamps()
     callbacks = [stamps]
     sink = make_sink(mode, args)
@@ -203,9 +237,9 @@ def run_lightning(mode: str, args) -> tuple[float, float]:
     return per_step(module.stamps, args.warmup)
 
 
-RUNNERS = {"plain": run_plain, "hf": run_hf, "lightning": run_lightning}
+RUNNERS = {"plain": run_plain, "hf": run_hf, "llama": run_llama, "lightning": run_lightning}
 MODE_LABELS = {
-    "all": "`MemorySink`, every statistic",
+    "all": "`MemorySink`, every statistic (`update_stats=True`)",
     "nologits": "`MemorySink`, `logits=False`",
     "client": "`Client` to a local collector, every statistic",
 }
@@ -237,7 +271,7 @@ def added_lines() -> dict[str, tuple[int, int]]:
     return counts
 
 
-def section(times, args) -> str:
+def section(times, args) -> tuple[str, list[str]]:
     cpu = {c: statistics.median(t[0] for t in v) for c, v in times.items()}
     wall = {c: statistics.median(t[1] for t in v) for c, v in times.items()}
     lines_added = added_lines()
@@ -247,7 +281,8 @@ def section(times, args) -> str:
         load = "n/a"
     labels = {
         "plain": "plain PyTorch loop (`attach` + `mon.step`)",
-        "hf": "Hugging Face `Trainer` (`StabmonCallback`)",
+        "hf": "Hugging Face `Trainer`, GPT-2 (`StabmonCallback`)",
+        "llama": "Hugging Face `Trainer`, Llama (`StabmonCallback`)",
         "lightning": "Lightning `Trainer` (`StabmonCallback`)",
     }
     out = [
@@ -269,6 +304,7 @@ def section(times, args) -> str:
         " | min..max / median | ms/step (wall) |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
+    summary = []
     for f in FRAMEWORKS:
         imports, code = lines_added[f]
         base, base_wall = cpu[(f, "off")], wall[(f, "off")]
@@ -282,6 +318,7 @@ def section(times, args) -> str:
                 f"| | | {MODE_LABELS[m]} | {c * 1e3:.1f} | {(c / base - 1) * 100:+.1f}% | {lo:.2f}..{hi:.2f}"
                 f" | {wall[(f, m)] * 1e3:.1f} |"
             )
+            summary.append(f"overhead {f} {m}: {(c / base - 1) * 100:+.1f}%")
     out += [
         "",
         "- Lines added: counted in `examples/` (each added line carries a `# stabmon` comment). The plain"
@@ -298,7 +335,7 @@ def section(times, args) -> str:
         "- Differences within the min..max spread are noise.",
         "",
     ]
-    return "\n".join(out)
+    return "\n".join(out), summary
 
 
 def main() -> None:
@@ -316,11 +353,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     times = measure(args)
-    text = section(times, args)
+    text, summary = section(times, args)
     print("\n" + text)
     if not args.no_write:
         write_section("Integrations overhead", text)
         print(f"wrote the 'Integrations overhead' section of {BENCHMARKS_MD.relative_to(ROOT)}")
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":

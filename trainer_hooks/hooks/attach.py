@@ -78,6 +78,15 @@ def _qk_normed(attn: nn.Module | None) -> bool:
     )
 
 
+def _projected_qk(attn: nn.Module | None) -> bool:
+    """Whether an attention module with a ``qk_probe`` uses q and k exactly as its ``qkv`` projection
+    outputs them (no ``qkv_norm``/``q_norm``/``k_norm`` in between; stabmon's ``baseline``): then the
+    qkv hook computes the logit bound from the tensor it reads anyway, and the probe stays unhooked."""
+    return attn is not None and all(
+        isinstance(getattr(attn, n, nn.Identity()), nn.Identity) for n in ("qkv_norm", "q_norm", "k_norm")
+    )
+
+
 def build_plan(
     model: nn.Module,
     sites: Mapping[str, str] | None = None,
@@ -108,13 +117,17 @@ def build_plan(
         elif ref.site == "lm_head" and not lm_head:
             continue
         elif ref.site in ("logit_probe", "prob_probe", "qk_probe"):
-            if not logits:
-                continue
+            if not logits or (ref.site == "qk_probe" and "qkv" in layer_sites and _projected_qk(attn)):
+                continue  # (the bound comes from the qkv hook)
             sp.attn = {"logit_probe": "probe", "prob_probe": "entropy", "qk_probe": "bound"}[ref.site]
             if attn is not None and hasattr(attn, "record_attention"):
                 attn_name = name.rsplit(".", 1)[0]
                 if attn_name not in plan.record_attention:
                     plan.record_attention.append(attn_name)
+        elif logits and ref.site == "qkv" and "qk_probe" in layer_sites:
+            if _projected_qk(attn) and isinstance(getattr(attn, "n_head", None), int):
+                sp.attn = "qkv_bound"  # l2 and the q/k bound in one pass over (B, T, 3d)
+                sp.n_head = attn.n_head
         elif logits and ref.site == "qkv" and "logit_probe" not in layer_sites:
             sp.attn = "fused"
             sp.n_head = n_head or _int_attr([attn, *configs], _HEAD_ATTRS)
@@ -184,15 +197,16 @@ def attach(
             (stabmon's GPT, rotary models).
         attn_rows: query rows per layer and recorded step for the sampled attention statistics
             (fixed cost in the batch size, linear in the context). ``None`` computes the whole
-            (B, nh, T, T) map instead: exact maxima, but on CPU about +15% of a ``small``-preset
-            step for stabmon's GPT (a forward-only attention recomputed per layer).
+            (B, nh, T, T) map instead: exact maxima, but on CPU about +20% to +30% of a
+            ``small``-preset step for stabmon's GPT (a forward-only attention recomputed per layer).
         lm_head: record ``lm_head.logit_max_abs``/``logz_mean``/``logz_max`` from 64 sampled
             positions of the LM head's logits (cost 64 x vocabulary).
         params: record per-site ``grad_norm`` and ``param_norm`` (two foreach norm passes over
             the parameters per recorded step, after the optimizer step).
         update_stats: also record Adam/AdamW's per-site ``update_rms`` and ``update_ratio``
-            (opt-in: about seven foreach passes over the parameters per recorded step, +1.6% of
-            a ``small``-preset CPU step; skipped for other optimizers).
+            (opt-in: six foreach passes over the parameters and the optimizer state per recorded
+            step, about +1% of a ``small``-preset CPU step, 1.0 ms of 97; skipped for other
+            optimizers).
         n_head: attention heads, when neither the attention modules nor ``model.config`` say.
         start_step: the number of the first step (for resumed runs).
 

@@ -90,6 +90,7 @@ class Monitor:
         self._qk: dict[int, dict[str, torch.Tensor]] = {}  # layer -> pending per-head q/k maxima
         self._hook_grad_norm: torch.Tensor | None = None
         self._params_done = False  # parameter statistics already added for this step
+        self._holds: tuple[tuple[int, int], bool] | None = None
         self._watched: set[int] = set()
         self._sink_failed = False
         self._restore: list[tuple[nn.Module, str, Any]] = []
@@ -173,32 +174,59 @@ class Monitor:
         if not self._recording or self._acc.empty or self._params_done:
             return
         try:
+            gsq = self._add_params(optimizer)
             if optimizer is self.optimizer:
-                self._hook_grad_norm = self._grads_norm()
-            self._add_params(optimizer)
+                self._hook_grad_norm = self._grads_norm(gsq)
         except Exception as e:
             log.warning("stabmon: gradient statistics failed (%s: %s)", type(e).__name__, e)
 
-    def _add_params(self, optimizer: Any) -> None:
+    def _add_params(self, optimizer: Any) -> torch.Tensor | None:
+        """Add the parameter-side statistics; returns the monitored gradients' sum of squares."""
         self._params_done = True
         if self._params is None:
-            return
+            return None
         try:
-            self._params.add(self._acc, optimizer)
+            return self._params.add(self._acc, optimizer)
         except Exception as e:  # never take training down: stop computing these statistics
             self._params = None
             log.warning("stabmon: disabling parameter statistics (%s: %s)", type(e).__name__, e)
-
-    def _grads_list(self) -> list[torch.Tensor]:
-        assert self.optimizer is not None
-        return [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-
-    def _grads_norm(self) -> torch.Tensor | None:
-        grads = self._grads_list()
-        if not grads:
             return None
+
+    def _optimizer_holds_params(self) -> bool:
+        """Whether the watched optimizer holds every monitored parameter (cached per optimizer)."""
+        assert self.optimizer is not None and self._params is not None
+        key = (id(self.optimizer), sum(len(g["params"]) for g in self.optimizer.param_groups))
+        if self._holds is None or self._holds[0] != key:
+            held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+            self._holds = (key, self._params.ids <= held)
+        return self._holds[1]
+
+    def _grads_list(self, skip: frozenset[int] = frozenset()) -> list[torch.Tensor]:
+        assert self.optimizer is not None
+        return [
+            p.grad
+            for g in self.optimizer.param_groups
+            for p in g["params"]
+            if p.grad is not None and id(p) not in skip
+        ]
+
+    def _grads_norm(self, monitored_sq: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The L2 norm of every gradient the optimizer holds. ``monitored_sq`` is the sum of
+        squares of the parameter statistics' gradients, already computed: only the others
+        (embeddings, parameters outside any site) are reduced again."""
+        skip: frozenset[int] = frozenset()
+        if monitored_sq is not None and self._params is not None and self._optimizer_holds_params():
+            skip = self._params.ids
+        else:
+            monitored_sq = None
+        grads = self._grads_list(skip)
+        if not grads:
+            return monitored_sq.sqrt() if monitored_sq is not None else None
         # foreach norms grouped per device, combined on the first grad's device: no host sync.
-        return torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
+        rest = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
+        if monitored_sq is None:
+            return rest
+        return (monitored_sq + rest.to(monitored_sq.device, non_blocking=True).square()).sqrt()
 
     # ------------------------------------------------------------------ step
     def step(

@@ -78,10 +78,14 @@ class ParamStats:
         self.refs = refs
         self.site_of = site_of
         self.numel = [float(p.numel()) for p in self.params]
-        self.ids = {
+        self.ids: frozenset[int] = frozenset(id(p) for p in self.params)
+        """``id()`` of every monitored parameter."""
+        self.stat_ids = {
             stat: [acc.register(_key(ref, stat)) for ref in refs]
             for stat in ("grad_norm", "param_norm", *(("update_rms", "update_ratio") if updates else ()))
         }
+        self.everything = tuple(range(len(self.params)))
+        self.split = len({p.device for p in self.params}) > 1
         self._cache: dict[Any, Any] = {}
         self._groups: tuple[int, dict[int, int]] | None = None
 
@@ -116,34 +120,46 @@ class ParamStats:
         return torch.zeros(n, device=sq.device, dtype=torch.float32).index_add_(0, slots, sq)
 
     def _emit(self, acc: StepAccumulator, stat: str, sites: list[int], vals: torch.Tensor) -> None:
-        ids = self.ids[stat]
+        ids = self.stat_ids[stat]
         acc.add(tuple(ids[s] for s in sites), vals)
 
-    @staticmethod
-    def _stack_sq(norms: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-        # (P,) squared norms, gathered on one device (a model split over devices).
-        return torch.stack([n.to(device, non_blocking=True) for n in norms]).float().square()
+    def _stack_sq(self, norms: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        # (P,) squared norms, gathered on one device (a model split over devices); on one device
+        # no per-tensor move at all (50 ``to()`` calls cost more than the stack).
+        if not self.split:
+            return torch.stack(norms).float().square_()
+        return torch.stack([n.to(device, non_blocking=True) for n in norms]).float().square_()
 
     # -- statistics -------------------------------------------------------------------------
     @torch.no_grad()
-    def add(self, acc: StepAccumulator, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def add(
+        self, acc: StepAccumulator, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.Tensor | None:
         """Add ``param_norm``, ``grad_norm`` (where gradients exist) and, for an Adam/AdamW that
-        has just stepped, ``update_rms`` and ``update_ratio`` of every site to ``acc``."""
+        has just stepped, ``update_rms`` and ``update_ratio`` of every site to ``acc``.
+
+        Returns the sum of the monitored gradients' squared norms (0-d, on the first parameter's
+        device), which the monitor reuses for the total gradient norm, or None without gradients.
+        """
         if not self.params:
-            return
+            return None
         device = self.params[0].device
-        everything = tuple(range(len(self.params)))
-        slots, sites, _ = self._layout(everything, device)
+        slots, sites, _ = self._layout(self.everything, device)
         psq = self._stack_sq(torch._foreach_norm(self.params), device)  # (P,) ||w||^2
         self._emit(acc, "param_norm", sites, self._site_sum(psq, slots, len(sites)).sqrt_())
-        with_grad = tuple(i for i, p in enumerate(self.params) if p.grad is not None)
-        if not with_grad:
-            return
+        grads = [p.grad for p in self.params]
+        with_grad = self.everything
+        if any(g is None for g in grads):
+            with_grad = tuple(i for i, g in enumerate(grads) if g is not None)
+            if not with_grad:
+                return None
+            grads = [grads[i] for i in with_grad]
         slots, sites, _ = self._layout(with_grad, device)
-        gsq = self._stack_sq(torch._foreach_norm([self.params[i].grad for i in with_grad]), device)
-        self._emit(acc, "grad_norm", sites, self._site_sum(gsq, slots, len(sites)).sqrt_())
+        gsite = self._site_sum(self._stack_sq(torch._foreach_norm(grads), device), slots, len(sites))
+        self._emit(acc, "grad_norm", sites, gsite.sqrt())
         if self.updates and isinstance(optimizer, ADAM_TYPES):
             self._add_adam(acc, optimizer, psq)
+        return gsite.sum()
 
     def _group_of(self, optimizer: torch.optim.Optimizer) -> dict[int, int]:
         """Parameter index -> its param group, cached per optimizer."""
@@ -160,11 +176,12 @@ class ParamStats:
         stepped (nothing before its first step); ``psq`` (P,) holds ``||w||^2`` after the step."""
         decoupled = isinstance(optimizer, torch.optim.AdamW)
         group_of = self._group_of(optimizer)
+        state = optimizer.state
         by_group: dict[int, list[int]] = {}
         for i, p in enumerate(self.params):
-            state = optimizer.state.get(p)
-            if p.grad is not None and state and "exp_avg_sq" in state and i in group_of:
-                by_group.setdefault(group_of[i], []).append(i)
+            g = group_of.get(i)
+            if g is not None and p.grad is not None and "exp_avg_sq" in state.get(p, ()):
+                by_group.setdefault(g, []).append(i)
         if not by_group:
             return
         device = self.params[0].device
@@ -180,20 +197,33 @@ class ParamStats:
                 order += chunk
                 rms_sq.append(r)
                 upd_sq.append(u)
-        slots, sites, numel = self._layout(tuple(order), device)
+        key = tuple(order)
+        slots, sites, numel = self._layout(key, device)
         n = len(sites)
-        rms = self._site_sum(torch.cat(rms_sq), slots, n).div_(numel).sqrt_()
-        upd = self._site_sum(torch.cat(upd_sq), slots, n).sqrt_()
-        if order != list(range(len(self.params))):  # psq in the order the slots follow
+        both = torch.cat((*rms_sq, *upd_sq)) if len(rms_sq) > 1 else torch.cat((rms_sq[0], upd_sq[0]))
+        if key != self.everything:  # psq in the order the slots follow
             psq = psq.index_select(0, to_device(torch.tensor(order), device))
-        w = self._site_sum(psq, slots, n)
-        self._emit(acc, "update_rms", sites, rms)
-        self._emit(acc, "update_ratio", sites, upd / w.sqrt_())
+        # One index_add_ for the three per-site sums: slots offset by 0, n, 2n.
+        sums = self._site_sum(torch.cat((both, psq)), self._slots3(key, slots, n), 3 * n).view(3, n)
+        self._emit(acc, "update_rms", sites, sums[0].div(numel).sqrt_())
+        self._emit(acc, "update_ratio", sites, sums[1].div(sums[2]).sqrt_())
+
+    def _slots3(self, key: tuple[int, ...], slots: torch.Tensor, n: int) -> torch.Tensor:
+        hit = self._cache.get(("x3", key, slots.device))
+        if hit is None:
+            hit = torch.cat((slots, slots + n, slots + 2 * n))
+            self._cache[("x3", key, slots.device)] = hit
+        return hit
 
     def _adam_chunk(
         self, optimizer: torch.optim.Optimizer, group: dict[str, Any], chunk: list[int], decoupled: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per parameter of ``chunk``: (sum (g / denom)^2, ||delta w||^2), each (len(chunk),)."""
+        """Per parameter of ``chunk``: (sum (g / denom)^2, ||delta w||^2), each (len(chunk),).
+
+        Six foreach passes: ``d = sqrt(v) + eps sqrt(bc2)`` is
+        ``sqrt(bc2) * denom``, so the bias corrections become scalars applied to the (P,) norms:
+        ``g / denom = sqrt(bc2) g / d`` and ``m_hat / denom = sqrt(bc2) / bc1 * m / d``.
+        """
         params = [self.params[i] for i in chunk]
         states = [optimizer.state[p] for p in params]
         device = params[0].device
@@ -203,28 +233,37 @@ class ParamStats:
         # on the device for capturable/fused Adam): the bias corrections stay tensors, moved
         # without a sync, so nothing here reads a value back to Python.
         step = states[0]["step"]
+        if isinstance(step, torch.Tensor) and step.device.type == "cpu":
+            step = float(step)  # a host tensor (Adam's default): reading it costs no device sync
         if isinstance(step, torch.Tensor):
             step = (
                 to_device(step.detach().to(torch.float32), device) if step.device != device else step.float()
             )
         bc1, bc2 = 1 - beta1**step, 1 - beta2**step
+        s2 = bc2**0.5
         v = [s["max_exp_avg_sq"] if group.get("amsgrad") else s["exp_avg_sq"] for s in states]
-        inv = torch._foreach_sqrt(v)  # sqrt(v): the one temporary the size of the chunk
-        torch._foreach_div_(inv, bc2**0.5)  # float or 0-d tensor overload
-        torch._foreach_add_(inv, eps)
-        torch._foreach_reciprocal_(inv)  # 1 / (sqrt(v_hat) + eps)
-        r = torch._foreach_mul([p.grad for p in params], inv)  # g / denom
-        rms_sq = self._stack_sq(torch._foreach_norm(r), device)
+        d = torch._foreach_sqrt(v)  # the one temporary the size of the chunk besides r/u
+        torch._foreach_add_(d, eps * s2)  # float or 0-d tensor overload
+        r = torch._foreach_div([p.grad for p in params], d)  # g / d
+        rms_sq = self._stack_sq(torch._foreach_norm(r), device) * bc2
         del r
-        torch._foreach_mul_(inv, [s["exp_avg"] for s in states])  # m / denom = bc1 * m_hat / denom
-        factor = lr / bc1  # delta = factor * (m / denom)  (Adam)
+        m = [s["exp_avg"] for s in states]
+        factor = lr * s2 / bc1  # Adam: delta = factor * m / d
         if decoupled and wd:
             # AdamW: w_new = (1 - lr wd) w_old - lr m_hat/denom, so
             # delta = lr / (1 - lr wd) * (m_hat/denom + wd w_new)
-            #       = factor / (1 - lr wd) * (m/denom + wd bc1 w_new)
-            torch._foreach_add_(inv, torch._foreach_mul(params, wd * bc1))
+            #       = factor / (1 - lr wd) * (m/d + wd bc1 / s2 * w_new)
+            c = wd * bc1 / s2
+            if isinstance(c, float):  # one pass: u = w + (m/d) / c = (m/d + c w) / c
+                u = torch._foreach_addcdiv(params, m, d, value=1.0 / c)
+                factor = factor * c
+            else:  # a device step count: the scalar stays a tensor
+                u = torch._foreach_mul(params, c)
+                torch._foreach_addcdiv_(u, m, d)
             factor = factor / (1 - lr * wd)
-        upd_sq = self._stack_sq(torch._foreach_norm(inv), device) * (factor * factor)
+        else:
+            u = torch._foreach_div(m, d)
+        upd_sq = self._stack_sq(torch._foreach_norm(u), device) * (factor * factor)
         return rms_sq, upd_sq
 
 

@@ -24,15 +24,16 @@ from .stats import (
     fused_qkv_logit_max,
     fused_qkv_sampled,
     head_entropy,
-    head_norm_max,
     lm_head_sampled,
     max_abs,
     probe_index,
     probe_logit_max,
     qk_logit_bound,
+    qkv_l2_and_bound,
     rotary_logit_bound,
     strided_positions,
     token_l2,
+    token_l2_heads,
 )
 
 LM_HEAD_POSITIONS = 64
@@ -87,6 +88,10 @@ def site_compute(
             acc.add(ids, qk_logit_bound(q, k, scale if scale else q.shape[-1] ** -0.5).reshape(1))
 
         return bound, True
+    if sp.attn == "qkv_bound":
+        ids = keys("l2_mean", "l2_max") + keys("logit_bound", s="attn")
+        n_head = sp.n_head
+        return (lambda x: acc.add(ids, qkv_l2_and_bound(x, n_head))), False
     if sp.attn == "fused":
         n_head, scale, rows = sp.n_head, sp.scale, sp.rows
         if rows is None:
@@ -110,8 +115,8 @@ def site_compute(
         head_dim, scale = sp.head_dim, sp.scale
 
         def half(x: torch.Tensor) -> None:
-            acc.add(ids, token_l2(x))
-            heads = head_norm_max(x, x.shape[-1] // head_dim)  # (n_heads,)
+            l2, heads = token_l2_heads(x, x.shape[-1] // head_dim)  # (2,), (n_heads,)
+            acc.add(ids, l2)
             pending = qk.setdefault(layer, {})
             mate = pending.pop(other, None)
             if mate is None:

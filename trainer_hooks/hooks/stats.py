@@ -135,6 +135,15 @@ def head_norm_max(x: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def token_l2_heads(x: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_l2` and :func:`head_norm_max` of a q or k output (..., n_head * hs) in one pass:
+    a token's L2 norm is the norm of its heads' norms. Returns ((2,), (n_head,))."""
+    n = torch.linalg.vector_norm(_f32(x).reshape(-1, n_head, x.shape[-1] // n_head), dim=-1)  # (B*T, nh)
+    tok = torch.linalg.vector_norm(n, dim=-1)  # (B*T,)
+    return torch.stack((tok.mean(), tok.amax())), n.amax(dim=0)
+
+
+@torch.no_grad()
 def rotary_logit_bound(q_max: torch.Tensor, k_max: torch.Tensor, scale: float) -> torch.Tensor:
     """Upper bound on ``max |q.k| * scale`` for attention with rotary embeddings.
 
@@ -221,6 +230,22 @@ def qk_logit_bound(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tens
     qn = torch.linalg.vector_norm(_f32(q), dim=-1).amax(dim=(0, 2))  # (nh,)
     kn = torch.linalg.vector_norm(_f32(k), dim=-1).amax(dim=(0, 2))  # (nh_kv,)
     return rotary_logit_bound(qn, kn, scale)
+
+
+@torch.no_grad()
+def qkv_l2_and_bound(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """``[l2 mean, l2 max, q/k logit bound]`` of a fused q|k|v output (B, T, 3d), in one pass.
+
+    The per-head norms (B*T, 3 nh) give both the per-token L2 norm of the whole output (the norm
+    of its heads' norms, as :func:`token_l2`) and ``max_h max|q_h| max|k_h| / sqrt(hs)`` (as
+    :func:`qk_logit_bound`), for attention that uses q and k as projected. Returns (3,).
+    """
+    d = qkv.shape[-1] // 3
+    n = torch.linalg.vector_norm(_f32(qkv).reshape(-1, 3 * n_head, d // n_head), dim=-1)  # (B*T, 3nh)
+    tok = torch.linalg.vector_norm(n, dim=-1)  # (B*T,)
+    heads = n[:, : 2 * n_head].amax(dim=0)  # (2nh,): q heads, then k heads
+    bound = (heads[:n_head] * heads[n_head:]).amax() * (n_head / d) ** 0.5
+    return torch.stack((tok.mean(), tok.amax(), bound))
 
 
 @torch.no_grad()

@@ -267,9 +267,11 @@ def section(
     lines += [
         "",
         "- Target: <= +2% at every=1 with every statistic on, eager and compiled.",
-        "- The attention statistics come from 16 sampled query rows of one sequence per layer and"
-        " step (`attn_rows=16`), against all keys, plus the bound max|q| max|k| / sqrt(hs) over every"
-        " token; `full_map` is the exact (B, nh, T, T) computation the hooks used before (opt-in).",
+        '- In the "every statistic" rows the attention statistics come from 16 sampled query rows of'
+        " one sequence per layer and step (`attn_rows=16`), against all keys, plus the bound"
+        " max|q| max|k| / sqrt(hs) over every token; `full_map` is the exact (B, nh, T, T)"
+        " computation, which stays `attach()`'s default until sampling stops moving alerts (see"
+        ' "Sampled attention probes").',
         "- Ratios whose min..max straddles 1 are within the noise.",
         "",
         "Per-statistic cost in isolation (tensors in cache, median of repeats), for comparison with the"

@@ -103,7 +103,7 @@ def test_optimizer_given_to_step_is_watched_from_then_on():
 def test_fused_qkv_sampled_rows_match_a_direct_computation(make):
     model = make()
     sink = ListSink()
-    mon = attach(model, sink=sink)
+    mon = attach(model, sink=sink, attn_rows=16)
     outs = {}
     h = model.transformer.h[1].attn.c_attn.register_forward_hook(lambda m, i, o: outs.__setitem__("qkv", o))
     idx = _idx(B=3, T=12)

@@ -93,7 +93,7 @@ def build_plan(
     logits: bool = True,
     n_head: int | None = None,
     *,
-    attn_rows: int | None = 16,
+    attn_rows: int | None = None,
     lm_head: bool = True,
     params: bool = True,
     update_stats: bool = False,
@@ -171,7 +171,7 @@ def attach(
     *,
     n_head: int | None = None,
     start_step: int = 0,
-    attn_rows: int | None = 16,
+    attn_rows: int | None = None,
     lm_head: bool = True,
     params: bool = True,
     update_stats: bool = False,
@@ -195,10 +195,14 @@ def attach(
             step where the logits can be computed exactly (stabmon's GPT through its probes,
             fused q|k|v models), and the bound max|q| max|k| / sqrt(hs) over every token
             (stabmon's GPT, rotary models).
-        attn_rows: query rows per layer and recorded step for the sampled attention statistics
-            (fixed cost in the batch size, linear in the context). ``None`` computes the whole
-            (B, nh, T, T) map instead: exact maxima, but on CPU about +20% to +30% of a
-            ``small``-preset step for stabmon's GPT (a forward-only attention recomputed per layer).
+        attn_rows: ``None`` (default) computes the attention statistics on the whole (B, nh, T, T)
+            map: exact, but on CPU about +20% to +30% of a ``small``-preset step for stabmon's GPT
+            (a forward-only attention recomputed per layer). An integer samples that many query
+            rows of one sequence per layer and recorded step instead (fixed cost in the batch
+            size, linear in the context), which is opt-in because it moves alerts: on the
+            ``small`` preset at LR 0.3 the sampled entropy read 0 where the map's was 0.06, gave
+            stable ``qk_norm`` runs false ``entropy_collapse`` alerts and delayed the critical
+            ``logit_max`` alert by 5-7 steps (docs/benchmarks.md, "Sampled attention probes").
         lm_head: record ``lm_head.logit_max_abs``/``logz_mean``/``logz_max`` from 64 sampled
             positions of the LM head's logits (cost 64 x vocabulary).
         params: record per-site ``grad_norm`` and ``param_norm`` (two foreach norm passes over

@@ -49,7 +49,7 @@ class Plan:
     sites: list[SitePlan]
     record_attention: list[str] = field(default_factory=list)
     """Attention modules whose ``record_attention`` flag must be switched on for the probes."""
-    attn_rows: int | None = 16
+    attn_rows: int | None = None
     """Query rows those modules' probes sample per recorded forward (``probe_rows``)."""
     params: bool = True
     """Whether parameter-side statistics are computed (:mod:`.param_stats`)."""

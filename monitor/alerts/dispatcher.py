@@ -35,69 +35,24 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
 
+from monitor.alerts.delivery import STAT_NAMES, Delivery, Planned
 from monitor.alerts.delivery_http import backoff, is_retryable, post_once
 from monitor.alerts.events import classify_events
 from monitor.alerts.log import DeliveryAttempt, DeliveryLog, MemoryDeliveryLog, utcnow
-from monitor.alerts.outbox import Key, MemoryOutbox, Outbox, PendingDelivery, reconcile
-from monitor.alerts.payload import Event, build_payload
+from monitor.alerts.outbox import Key, MemoryOutbox, Outbox, reconcile
+from monitor.alerts.payload import build_payload
 from monitor.alerts.settings import WebhookSettings
-from monitor.alerts.targets import WebhookTarget, merge_targets, run_targets
+from monitor.alerts.targets import merge_targets, run_targets
 
 log = logging.getLogger("stabmon.alerts")
 
 _STOP = object()
 _RESUME = object()
-
-
-@dataclass(order=True)
-class _Delivery:
-    due: float
-    seq: int
-    target: WebhookTarget = field(compare=False)
-    event: Event = field(compare=False)
-    alert_id: int = field(compare=False)
-    run_id: str = field(compare=False)
-    payload: dict[str, Any] = field(compare=False)
-    attempt: int = field(default=1, compare=False)
-    run_config: dict[str, Any] = field(default_factory=dict, compare=False)
-    persisted: bool = field(default=True, compare=False)
-    """Whether the outbox holds its current attempt (False after an outbox failure)."""
-
-    @property
-    def key(self) -> Key:
-        return (self.alert_id, self.event, self.target.target_id)
-
-    def pending(self, due_at: datetime) -> PendingDelivery:
-        """This delivery as the outbox stores it."""
-        return PendingDelivery(
-            alert_id=self.alert_id,
-            run_id=self.run_id,
-            event=self.event,
-            target_id=self.target.target_id,
-            attempt=self.attempt,
-            due_at=due_at,
-            payload=self.payload,
-            run_config=self.run_config,
-        )
-
-
-@dataclass
-class Planned:
-    """What :meth:`AlertDispatcher.plan` decided for one notification."""
-
-    deliveries: list[_Delivery] = field(default_factory=list)
-    seen: dict[int, tuple[str, str]] = field(default_factory=dict)
-    """Alert id -> (severity, status) notified, applied when scheduled."""
-
-    def pending(self) -> list[PendingDelivery]:
-        now = utcnow()
-        return [d.pending(now) for d in self.deliveries]
 
 
 class AlertDispatcher:
@@ -131,7 +86,7 @@ class AlertDispatcher:
         self._owns_http = http is None
         self._clock = clock
         self._inbox: queue.Queue[Any] = queue.Queue(maxsize=self.settings.webhook_queue_size)
-        self._heap: list[_Delivery] = []
+        self._heap: list[Delivery] = []
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._seen: dict[int, tuple[str, str]] = {}
@@ -141,22 +96,7 @@ class AlertDispatcher:
         self._pending: set[Key] = set()  # deliveries in the heap or in flight
         self._stopping = False
         self._stats_lock = threading.Lock()
-        self.stats: dict[str, int] = {
-            "notified": 0,
-            "events": 0,
-            "dropped": 0,
-            "skipped_delivered": 0,
-            "attempts": 0,
-            "delivered": 0,
-            "retried": 0,
-            "failed": 0,
-            "abandoned": 0,
-            "resumed": 0,
-            "skipped_pending": 0,
-            "taken_over": 0,
-            "orphaned": 0,
-            "outbox_errors": 0,
-        }
+        self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> AlertDispatcher:
@@ -286,7 +226,7 @@ class AlertDispatcher:
                     continue
                 payload = build_payload(target.format, event, alert, run_d, self.settings.public_url)
                 planned.deliveries.append(
-                    _Delivery(
+                    Delivery(
                         due=self._clock(),
                         seq=next(self._seq),
                         target=target,
@@ -310,7 +250,7 @@ class AlertDispatcher:
         for d in planned.deliveries:
             self._schedule(d, new=True)
 
-    def _schedule(self, d: _Delivery, new: bool = False) -> bool:
+    def _schedule(self, d: Delivery, new: bool = False) -> bool:
         """Put ``d`` on the heap; False if it was not. ``new``: only if its key is not owed
         already (the outbox is resumed on a thread of its own, and may have taken a just-queued
         row first)."""
@@ -362,7 +302,7 @@ class AlertDispatcher:
             wait = max(0.0, (now_p.due_at - now_wall).total_seconds())
             resumed += self._schedule(
                 new=True,
-                d=_Delivery(
+                d=Delivery(
                     due=now + wait,
                     seq=next(self._seq),
                     target=target,
@@ -378,14 +318,14 @@ class AlertDispatcher:
             self._bump("resumed", resumed)
             log.info("alert dispatcher: resumed %d webhook deliveries from the outbox", resumed)
 
-    def _persist(self, d: _Delivery, delay: float) -> None:
+    def _persist(self, d: Delivery, delay: float) -> None:
         """Record (or update) ``d`` in the outbox, its next attempt due in ``delay`` seconds.
         Sets ``d.persisted``: an attempt the outbox does not hold is sent without asking it."""
         pending = d.pending(utcnow() + timedelta(seconds=delay))
         # put() returns None; the default, False, says it raised.
         d.persisted = self._outbox_call(self.outbox.put, pending, self.owner, default=False) is not False
 
-    def _finish(self, d: _Delivery) -> None:
+    def _finish(self, d: Delivery) -> None:
         self._outbox_call(self.outbox.remove, d.key)
         with self._cond:
             self._pending.discard(d.key)
@@ -401,7 +341,7 @@ class AlertDispatcher:
             return default
 
     # -- senders --------------------------------------------------------------------
-    def _next_due(self) -> _Delivery | None:
+    def _next_due(self) -> Delivery | None:
         """The earliest due delivery whose target is not already being sent to.
 
         One request in flight per target: a hanging receiver then holds one sender, not all
@@ -438,7 +378,7 @@ class AlertDispatcher:
                     self._busy.discard(d.target.target_id)
                     self._cond.notify_all()
 
-    def _attempt(self, d: _Delivery) -> None:
+    def _attempt(self, d: Delivery) -> None:
         s = self.settings
         if d.persisted and not self._outbox_call(self.outbox.owns, d.key, self.owner, default=True):
             # A collector that started since took it over (or it already ended there).

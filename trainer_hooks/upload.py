@@ -5,10 +5,11 @@
 collector stores them through the ingest API and its detector judges them as it would have live:
 alerts open at the steps they would have fired. Three things differ from a live run:
 
-- **the run id is the history's content**: ``imp-`` and a hash of the run's records, so importing
-  the same file twice registers the same run (the collector returns the existing one) and its
-  values overwrite themselves: stored once, and no alert twice (the detector ignores steps it has
-  seen). ``run_id=`` overrides it;
+- **the run id is the history's content**: ``imp-`` and a hash of the run's records, and batches
+  are sealed by size alone with ids numbered from the run id, so importing the same file twice
+  registers the same run (the collector returns the existing one) and sends the same batches,
+  which the collector, idempotent by batch id, acknowledges as duplicates: stored once, alerts
+  untouched. ``run_id=`` overrides the id;
 - **pace**: a live job writes a step every few hundred milliseconds; a file has 150,000 of them at
   once. The client's in-memory queue is bounded (it drops the oldest past it, right for training,
   wrong for an import), so :func:`upload` keeps at most ``window`` records ahead of the
@@ -97,7 +98,15 @@ def upload(
         **(config or {}),
     }
     alerts: list[AlertPublic] = []
-    options = {"max_batch_points": MAX_POINTS_PER_BATCH, "flush_interval_s": 0.2, **(client_options or {})}
+    # Batches sealed by size alone (never by age) get the same ids on every import of the same
+    # history, so a second import is answered as duplicates and leaves the run as it was.
+    options = {
+        "max_batch_points": MAX_POINTS_PER_BATCH,
+        "flush_interval_s": 24 * 3600.0,
+        "batch_id_prefix": f"{rid}-",
+        **(client_options or {}),
+    }
+    window = max(window, 3 * options["max_batch_points"])
     client = Client(
         url or _env_url(),
         token=token,
@@ -116,13 +125,18 @@ def upload(
                 if problem:
                     break
         if problem is None:
+            client.flush(timeout=0)  # seal the last, partial batch now; _wait watches it delivered
             problem = _wait(client, total, total, progress, stall_timeout_s)
     finally:
         status, summary = outcome(history)
         if problem is None:
             summary.update(imported=True, import_notes=history.notes)
         # An incomplete import leaves the status alone: the rest is still to come.
-        client.close(status=status if problem is None else None, summary=summary, timeout=10.0)
+        client.close(
+            status=status if problem is None else None,
+            summary=summary,
+            timeout=10.0 if problem is None else 1.0,
+        )
     stats = client.stats
     seconds = time.perf_counter() - t0
     if problem is None and stats.rejected_points:

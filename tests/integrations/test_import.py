@@ -47,7 +47,7 @@ def _api(env, path, **params):
     return r.json()
 
 
-def _diverging_logdir(path):
+def _diverging_logdir(path, lr=1e-3):
     """200 steps; the attention logits blow up from step 120 and the loss goes NaN at 150."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -55,7 +55,7 @@ def _diverging_logdir(path):
     for s in range(200):
         w.add_scalar("train/loss", math.nan if s >= 150 else 3.0 - 0.002 * s, s)
         w.add_scalar("train/grad_norm", 1.0 + 0.01 * (s % 7), s)
-        w.add_scalar("lr", 1e-3, s)
+        w.add_scalar("lr", lr, s)
         w.add_scalar("layer.0.attn.logit_max", 20.0 if s < 120 else 20.0 * 1.2 ** (s - 120), s)
     w.close()
     return path
@@ -135,3 +135,29 @@ def test_an_unreachable_collector_is_reported_not_hidden(tmp_path):
     )
     assert not r.complete and r.acknowledged == 0
     assert "acknowledged no points" in r.problem and "importing the file again completes" in r.problem
+
+
+def test_the_past_runs_example_script(env, tmp_path):
+    """examples/past_runs.sh, as docs/integrations.md shows it, on a real TensorBoard logdir."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    logdir = _diverging_logdir(tmp_path / "llama-run", lr=3e-4)  # another run than the first test's
+    script = Path(__file__).resolve().parents[2] / "examples" / "past_runs.sh"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    out = subprocess.run(
+        ["bash", str(script), str(logdir)],
+        env={**os.environ, **env, "PATH": path, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "stored 800 values (200 steps)" in out.stdout and "status diverged" in out.stdout
+    assert "detector: logit_max.critical=1000" in out.stdout
+    assert "llama-run (200 steps): diverged at step 150" in out.stdout
+    assert "| stabmon critical (with --set) | 1/1 (100%) |" in out.stdout
+    runs = _api(env, "/runs", limit=100)["items"]
+    assert any(r["name"] == "my-old-run" and r["config"]["lr"] == 0.0003 for r in runs)

@@ -78,6 +78,7 @@ def import_cmd(
 def _send(console, h, url, token, extra, project, run_id) -> dict[str, Any]:  # noqa: ANN001
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from trainer_hooks.client import SpoolInUseError
     from trainer_hooks.upload import upload
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"))
@@ -93,8 +94,8 @@ def _send(console, h, url, token, extra, project, run_id) -> dict[str, Any]:  # 
                 run_id=run_id,
                 progress=lambda done, total: bar.update(task, completed=done),
             )
-        except ValueError as e:  # a run description the collector would refuse
-            console.print(f"[red]error:[/] {h.source}: {e}")
+        except (ValueError, SpoolInUseError) as e:  # a run the collector would refuse; a second import
+            console.print(f"[red]error:[/] {h.source}: {e}", markup=True)
             raise typer.Exit(2) from e
     link = f"{url.rstrip('/')}/runs/{r.run_id}"
     first = {}

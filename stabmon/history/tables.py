@@ -76,6 +76,9 @@ def read_delimited(path: Path, names: NameMap, *, name: str, step_column: str | 
             f"{path}:{first + 1}: no header row (every cell is a number); the first line must name "
             "the columns (step, loss, ...)"
         )
+    twice = sorted({c for c in header if c and header.count(c) > 1})
+    if twice:
+        raise HistoryError(f"{path}:{first + 1}: column {twice[0]!r} appears twice in the header")
     step_col = find_step(header, step_column, f"{path}:{first + 1}")
     si = header.index(step_col)
     cols = [(i, c) for i, c in enumerate(header) if i != si and c]

@@ -118,6 +118,7 @@ def test_tsv_and_cleaned_keys(tmp_path):
         ("step,loss\n0.5,1.0\n", ":2: step '0.5' is not a whole number"),
         ("step,loss,train/loss\n0,1.0,2.0\n", "'train/loss' and 'loss' both map to the series 'loss'"),
         ("", "the file is empty"),
+        ("step,loss,loss\n0,1.0,2.0\n", ":1: column 'loss' appears twice in the header"),
     ],
 )
 def test_bad_csv_is_a_clear_error_naming_file_and_line(tmp_path, text, message):
@@ -173,3 +174,20 @@ def test_paths_that_are_not_runs(tmp_path):
         read_history(tmp_path / "state.json")
     with pytest.raises(HistoryError, match="--map 'x=1bad'"):
         read_history(tmp_path / "state.json", names=parse_map(["x=1bad"]))
+
+
+def test_name_table_patterns_and_explicit_map():
+    from stabmon.history import NameMap
+
+    names = NameMap(parse_map(["junk=-", "train/ppl=ppl"]))
+    assert [names.key(s) for s in ("lm_loss", "learning_rate", "eval/loss", "Train/Grad_Norm")] == [
+        "loss", "lr", "val_loss", "grad_norm",
+    ]  # fmt: skip
+    assert names.key("blocks.11.attn.logit_max") == "layer.11.attn.logit_max"
+    assert names.key("stabmon/layer.2.qkv.l2_mean") == "layer.2.qkv.l2_mean"
+    assert names.key("layer.2.qkv.l2_max") == "layer.2.qkv.l2_max"
+    assert names.key("rank1/loss") is None and names.key("junk") is None and names.key("Wall time") is None
+    assert names.key("train/ppl") == "ppl" and names.key("3rd/metric") == "_3rd.metric"
+    text = "\n".join(names.notes())
+    assert "skipped 'junk': skipped by --map" in text and "rank 1's series" in text
+    assert "3rd/metric -> _3rd.metric" in text

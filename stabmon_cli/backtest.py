@@ -35,8 +35,7 @@ def backtest_cmd(
     step_column: str | None = STEP_COLUMN_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Replay past runs through the detector offline: first alerts per run, and recall / false
-    alarms / lead times where runs are labelled."""
+    """Replay past runs through the detector offline: first alerts, recall, false alarms, lead."""
     from stabmon.backtest import backtest, parse_marks
 
     overrides = parse_assignments(set_)

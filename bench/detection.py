@@ -49,6 +49,7 @@ from bench.detection_metrics import (  # noqa: E402
     score,
 )
 from bench.reference_detectors import KillLossSpike, SpikeScore  # noqa: E402
+from stabmon.scoring import table  # noqa: E402 - the one recall / false-alarm / lead table
 
 GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     # 200-step runs: the `stabmon sweep` grid plus 0.5 and 0.7, which resolve the top of the
@@ -228,31 +229,6 @@ def early_stop_replay(runs: Sequence[Run], crit: dict[str, int | None]) -> dict[
         "max_stable_lr_full": max_stable_lr(rows),
         "max_stable_lr_early_stop": max_stable_lr(rows_stop),
     }
-
-
-def _fmt(x: Any, pct: bool = False) -> str:
-    if x is None:
-        return "-"
-    if pct:
-        return f"{100 * x:.0f}%"
-    return f"{x:g}" if isinstance(x, (int, float)) else str(x)
-
-
-def table(results: dict[str, dict[str, Any]]) -> str:
-    head = (
-        "| detector | recall (alert <= divergence) | before the definition decides | false alarms "
-        "| lead median (steps) | lead p10 | lead median (fraction) | lead p10 (fraction) |\n"
-        "|---|---|---|---|---|---|---|---|\n"
-    )
-    lines = []
-    for name, s in results.items():
-        lines.append(
-            f"| {name} | {s['recall_n']}/{s['positives']} ({_fmt(s['recall'], True)}) "
-            f"| {_fmt(s['recall_before_decidable'], True)} | {s['false_alarms']}/{s['negatives']} "
-            f"| {_fmt(s['lead_median'])} | {_fmt(s['lead_p10'])} "
-            f"| {_fmt(s['lead_frac_median'], True)} | {_fmt(s['lead_frac_p10'], True)} |"
-        )
-    return head + "\n".join(lines) + "\n"
 
 
 def plot_timeline(

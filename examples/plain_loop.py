@@ -3,7 +3,8 @@
 The loop is the usual one (batch, forward, backward, clip, step); stabmon adds
 ``mon = attach(...)`` before it and ``mon.step(...)`` at the end of each step (the lines marked
 ``# stabmon``, with the sink that says where records go). ``--tensorboard DIR`` mirrors every
-series into TensorBoard as well. Statistics stream
+series into TensorBoard as well, ``--wandb PROJECT`` into Weights & Biases (``WANDB_MODE=offline``
+keeps it on the machine). Statistics stream
 to a collector started with ``stabmon serve`` (the URL and token come from ``--url``/``--token``
 or ``$STABMON_URL``/``$STABMON_TOKEN``); without a URL they are computed and dropped. The model
 is stabmon's byte-level GPT at a size preset, trained on the built-in corpus (the Python
@@ -26,6 +27,7 @@ import torch
 from trainer_hooks.client import Client, FanoutSink, NullSink, RunInfo  # stabmon
 from trainer_hooks.hooks import attach  # stabmon
 from trainer_hooks.integrations.tensorboard import TensorBoardSink
+from trainer_hooks.integrations.wandb import WandbSink
 from trainer_hooks.lab.config import preset
 from trainer_hooks.lab.data import ByteCorpus
 from trainer_hooks.lab.model import GPT
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="run name (default: plain-<variant>-lr<lr>)")
     p.add_argument("--tensorboard", default=None, metavar="LOGDIR", help="also write TensorBoard events here")
+    p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this W&B project")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -71,6 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     config_dict = {"variant": args.variant, "lr": args.lr, "preset": args.preset}
     run = RunInfo(name=name, config=config_dict)  # stabmon
     sink = Client(args.url, token=args.token, run=run) if args.url else NullSink()  # stabmon
+    if args.wandb:  # also mirror to Weights & Biases, with stabmon's alerts as W&B alerts
+        import wandb
+
+        mirror = WandbSink(wandb.init(project=args.wandb, config=config_dict), alerts_from=sink)
+        sink = FanoutSink(sink, mirror)
     if args.tensorboard:
         sink = FanoutSink(sink, TensorBoardSink(args.tensorboard))  # also mirror to TensorBoard
 
@@ -89,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"step {step:5d}  loss {loss.item():.4f}")
     mon.remove()  # stabmon: detach the hooks, hand over the last record
     sink.close()  # stabmon: deliver what is queued, mark the run finished
+    if args.wandb:
+        wandb.finish()
     dt = time.perf_counter() - t0
     print(f"{args.steps} steps in {dt:.1f} s; run {name!r} -> {args.url or 'nowhere (no --url)'}")
 

@@ -16,12 +16,18 @@ app = typer.Typer(
 )
 
 # Subcommands register themselves here, one line each (keep them sorted).
+from stabmon_cli import backtest  # noqa: E402
+
+app.command("backtest")(backtest.backtest_cmd)
 from stabmon_cli import demo  # noqa: E402
 
 app.command("demo")(demo.demo_cmd)
 from stabmon_cli import db  # noqa: E402
 
 app.add_typer(db.app, name="db")
+from stabmon_cli import import_  # noqa: E402
+
+app.command("import")(import_.import_cmd)
 from stabmon_cli import project  # noqa: E402
 
 app.add_typer(project.app, name="project")

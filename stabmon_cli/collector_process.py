@@ -135,7 +135,8 @@ class Collector:
         self.wait_ready(timeout, require_token)
         return self
 
-    def _known_token(self) -> str | None:
+    def known_token(self) -> str | None:
+        """The token this collector accepts: given, or the one it wrote next to its SQLite file."""
         if self.token is None and self.token_file is not None and self.token_file.exists():
             self.token = self.token_file.read_text().strip() or None
         return self.token
@@ -154,7 +155,7 @@ class Collector:
                 )
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
-                    token = self._known_token()
+                    token = self.known_token()
                     if token is None and not require_token:
                         return
                     # Our token answering proves it is our collector on that port.

@@ -69,6 +69,10 @@ def main() -> None:
         "log_history": trainer.state.log_history,
     }
     (args.out / f"rank{rank}.json").write_text(json.dumps(result))
+    if torch.distributed.is_initialized():
+        # Left to interpreter exit, gloo's threads can be torn down while still joinable
+        # ("terminate called without an active exception", rank aborted) on a loaded machine.
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

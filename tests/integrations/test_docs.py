@@ -1,9 +1,11 @@
 """docs/integrations.md shows code that runs: each snippet appears verbatim in the example it names.
 
-A snippet is a fenced ``python`` block right after a ``<!-- example: PATH -->`` comment. It
+A snippet is a fenced ``python`` (or ``bash``, for a shell-script example) block right after a
+``<!-- example: PATH -->`` comment. It
 must match a run of consecutive lines of that file, compared after removing the common
 indentation (the example's lines sit inside ``main()``). The examples themselves run in
-``test_examples.py``, so a snippet that drifts from working code fails here.
+``test_examples.py``, ``test_wandb.py`` and ``test_import.py``, so a snippet that drifts from
+working code fails here.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "integrations.md"
-SNIPPET = re.compile(r"<!-- example: (?P<path>\S+) -->\n```python\n(?P<code>.*?)```", re.S)
+SNIPPET = re.compile(r"<!-- example: (?P<path>\S+) -->\n```(?:python|bash)\n(?P<code>.*?)```", re.S)
 
 
 def snippets() -> list[tuple[str, str]]:
@@ -35,6 +37,7 @@ def test_every_example_has_a_snippet():
         "examples/plain_loop.py",
         "examples/hf_trainer.py",
         "examples/lightning_module.py",
+        "examples/past_runs.sh",
     }
 
 

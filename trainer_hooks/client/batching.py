@@ -6,8 +6,9 @@ seals one when it holds ``max_points`` points, when its first point is ``max_age
 or when the next point would push the JSON body past ``max_body_bytes``, so a batch never
 exceeds :data:`stabmon.wire.MAX_POINTS_PER_BATCH` or the collector's body limit. Each
 point is JSON-encoded exactly once, here; the sealed body is what the spool stores and
-what is sent, byte for byte. The batch id (uuid4 hex) is fixed when a batch is sealed and
-travels with it, which is what makes retries idempotent. Records are cleaned rather than
+what is sent, byte for byte. The batch id (uuid4 hex, or ``{id_prefix}{n}`` when replaying fixed
+content) is fixed when a batch is sealed and travels with it, which is what makes retries
+idempotent. Records are cleaned rather than
 refused: invalid keys and non-numeric values are dropped and counted, and a point with
 more than :data:`stabmon.wire.MAX_VALUES_PER_POINT` values is split into several points
 of the same step and rank.
@@ -132,6 +133,7 @@ class Batcher:
         max_points: int = 1000,
         max_age_s: float = 1.0,
         max_body_bytes: int = 4 * 1024 * 1024,
+        id_prefix: str | None = None,
         clock=time.monotonic,
     ) -> None:
         if not 1 <= max_points <= MAX_POINTS_PER_BATCH:
@@ -144,6 +146,8 @@ class Batcher:
         self.max_age_s = max_age_s
         self.max_body_bytes = max_body_bytes
         self.stats = EncodeStats()
+        self.id_prefix = id_prefix
+        self._sealed = 0
         self._clock = clock
         self._points: list[str] = []
         self._bytes = _ENVELOPE_BYTES
@@ -176,7 +180,8 @@ class Batcher:
         return self._seal() if self._points else None
 
     def _seal(self) -> SealedBatch:
-        b = seal(self._points)
+        self._sealed += 1
+        b = seal(self._points, None if self.id_prefix is None else f"{self.id_prefix}{self._sealed}")
         self._points = []
         self._bytes = _ENVELOPE_BYTES
         self._started = None

@@ -96,6 +96,7 @@ class Client:
             max_points=cfg.max_batch_points,
             max_age_s=cfg.flush_interval_s,
             max_body_bytes=cfg.max_body_bytes,
+            id_prefix=cfg.batch_id_prefix,
         )
         tag = re.sub(r"[^A-Za-z0-9_-]", "_", cfg.spool_tag or os.environ.get("RANK", "0"))
         try:

@@ -43,6 +43,11 @@ class ClientConfig:
     """Thinning keeps every k-th step of the oldest segment."""
     spool_fsync: bool = False
     """fsync every spool append/ack (survives power loss) instead of flushing to the OS only."""
+    batch_id_prefix: str | None = None
+    """Deterministic batch ids, ``{prefix}{n}`` for the n-th sealed batch, instead of random ones:
+    for replaying fixed content (``stabmon import``), where the same records in the same order
+    seal into the same batches, so a second replay is answered as duplicates and changes nothing.
+    Live runs leave it None."""
     spool_tag: str | None = None
     """Distinguishes processes of one run sharing a spool dir; default ``$RANK`` or "0"."""
     backoff_initial_s: float = 0.5

@@ -1,7 +1,7 @@
 """Scoring detectors against ground-truth divergence on recorded runs (the detection benchmark's core).
 
 A :class:`Run` is one recorded training run: its per-step records (as the hooks streamed them),
-its loss and grad-norm history and its label, `stabmon.divergence.find_divergence` over the
+its loss and grad-norm history and its label, `stabmon.divergence.label_run` over the
 *full* loss history. Detectors only ever see a prefix: :func:`ours` streams the records through
 `stabmon.detect.Detector` step by step, :func:`reference` streams (loss, grad norm) through a
 reference rule, and each returns the first alerting step per run. :func:`score` turns those
@@ -24,7 +24,7 @@ from typing import Any
 
 from stabmon.detect import Detector, DetectorConfig
 from stabmon.detect.config import RULE_FIELDS
-from stabmon.divergence import DivergenceConfig, find_divergence
+from stabmon.divergence import DivergenceConfig, label_run
 from stabmon.wire import decode_value
 
 Steps = dict[str, int | None]
@@ -50,6 +50,15 @@ class Run:
     reason: str = ""
     final_loss: float | None = None
     val_loss: float | None = None
+    outcome: str | None = None
+    """The label's outcome (`stabmon.divergence.OUTCOMES`); None: diverged or stable, from
+    ``diverged_at``. Transient and undetermined runs are neither positives nor negatives."""
+    kind: str | None = None
+    """The divergence's kind (`stabmon.divergence.KINDS`)."""
+
+    def __post_init__(self) -> None:
+        if self.outcome is None:
+            self.outcome = "diverged" if self.diverged_at is not None else "stable"
 
     @property
     def diverged(self) -> bool:
@@ -68,7 +77,8 @@ def load_run(result_json: str | Path) -> Run:
     d = json.loads(path.read_text())
     losses = [_num(v) for v in d["losses"]]
     records = [(r["step"], r["values"]) for r in iter_jsonl(path.with_suffix(".jsonl"))]
-    div = find_divergence(losses, DivergenceConfig(plateau_loss=d.get("plateau_loss")))
+    label = label_run(losses, DivergenceConfig(plateau_loss=d.get("plateau_loss")))
+    div = label.to_divergence()
     return Run(
         name=d["name"],
         variant=d["variant"],
@@ -85,6 +95,8 @@ def load_run(result_json: str | Path) -> Run:
         reason=div.reason if div.diverged else "",
         final_loss=d.get("final_loss"),
         val_loss=d.get("val_loss"),
+        outcome=label.outcome,
+        kind=label.kind,
     )
 
 
@@ -198,12 +210,14 @@ def score(runs: Sequence[Run], first: Steps) -> dict[str, Any]:
     - ``recall``: diverging runs alerted at or before their divergence step;
     - ``recall_before_decidable``: ... alerted before the ground truth itself could tell
       (``decided_at``, the step at which `find_divergence` fires online);
-    - ``false_alarms``: non-diverging runs with any alert;
+    - ``false_alarms``: stable runs with any alert (a transient run's alerts are counted apart,
+      in ``transient_alerted``: neither a false alarm nor a catch; undetermined runs not at all);
     - lead time = divergence step - alert step over the diverging runs alerted at all (negative:
       late), median and 10th percentile, in steps and as a fraction of the steps before divergence.
     """
     pos = [r for r in runs if r.diverged]
-    neg = [r for r in runs if not r.diverged]
+    neg = [r for r in runs if r.outcome == "stable"]
+    transient = [r for r in runs if r.outcome == "transient"]
     alerted = [r for r in pos if first.get(r.name) is not None]
     leads = [r.diverged_at - first[r.name] for r in alerted]
     fracs = [(r.diverged_at - first[r.name]) / max(r.diverged_at, 1) for r in alerted]
@@ -225,4 +239,7 @@ def score(runs: Sequence[Run], first: Steps) -> dict[str, Any]:
         "lead_frac_p10": _pct(fracs, 0.1),
         "misses": sorted(r.name for r in pos if first.get(r.name) is None or first[r.name] > r.diverged_at),
         "false_alarm_runs": sorted(r.name for r in fa),
+        "transient": len(transient),
+        "transient_alerted": sum(first.get(r.name) is not None for r in transient),
+        "undetermined": sum(r.outcome == "undetermined" for r in runs),
     }

@@ -64,10 +64,12 @@ class TrainConfig:
     monitor_every: int = 1
     """Record activation statistics every this many steps when monitoring is attached."""
     stop_on_divergence: bool = False
+    """Stop at the first step at which the divergence verdict on the losses so far is
+    ``diverged`` (`stabmon.divergence`: the run's ``first_call``)."""
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     plateau_from_data: bool = True
     """Fill ``divergence.plateau_loss`` (when unset) with the corpus's byte-unigram entropy, so a
-    run stalled on that plateau counts as diverged (rule 4 of `stabmon.divergence`)."""
+    run that ends on that plateau counts as diverged (a stall, `stabmon.divergence`)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``..."""
     threads: int | None = None
@@ -145,7 +147,9 @@ class TrainResult:
     val_loss: float | None
     val_ppl: float | None
     diverged: bool
+    """The run's outcome (`stabmon.divergence.label_run` of its losses) is ``diverged``."""
     diverged_at: int | None
+    """The divergence's onset when ``diverged``, else None."""
     divergence_reason: str
     stopped_by: str | None
     """``divergence``, ``callback`` or None when the run completed its steps."""
@@ -153,8 +157,19 @@ class TrainResult:
     wall_s: float
     num_params: int
     plateau_loss: float | None
-    """The unigram plateau the divergence verdict used: ``find_divergence(losses,
-    DivergenceConfig(plateau_loss=plateau_loss))`` reproduces ``diverged``/``diverged_at``."""
+    """The unigram plateau the divergence verdict used: ``label_run(losses,
+    DivergenceConfig(plateau_loss=plateau_loss))`` reproduces the label fields."""
+    outcome: str = "stable"
+    """``diverged``, ``transient``, ``stable`` or ``undetermined`` (`stabmon.divergence`)."""
+    divergence_kind: str | None = None
+    """For a divergence: ``early``, ``blow-up``, ``stall`` or ``late-rise``."""
+    onset: int | None = None
+    """First step of the excursion the outcome is about (diverged, transient, undetermined)."""
+    decision_step: int | None = None
+    """For a divergence: the first step at which the definition, online, called it."""
+    first_call: int | None = None
+    """First step at which the online verdict was ``diverged`` (where ``stop_on_divergence``
+    stops), whatever the outcome."""
     losses: list[float] = field(repr=False, default_factory=list)
     grad_norms: list[float] = field(repr=False, default_factory=list)
     val_history: list[tuple[int, float]] = field(repr=False, default_factory=list)
@@ -279,7 +294,13 @@ class Trainer:
 
     @property
     def divergence(self):
+        """The first call of the divergence tracker (the stop signal); None if never called."""
         return self.tracker.result
+
+    @property
+    def label(self):
+        """The divergence verdict on the losses so far (`stabmon.divergence.RunLabel`)."""
+        return self.tracker.label()
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step_num % every == 0
@@ -316,7 +337,7 @@ class Trainer:
         cfg = self.cfg
         finite = [v for v in self.losses if math.isfinite(v)]
         val = self.val_history[-1][1] if self.val_history else None
-        div = self.tracker.result
+        label = self.tracker.label()
         return TrainResult(
             name=cfg.name,
             variant=cfg.variant,
@@ -329,9 +350,9 @@ class Trainer:
             min_loss=min(finite) if finite else math.nan,
             val_loss=val,
             val_ppl=perplexity(val) if val is not None and not math.isnan(val) else val,
-            diverged=div is not None,
-            diverged_at=div.step if div else None,
-            divergence_reason=div.reason if div else "",
+            diverged=label.diverged,
+            diverged_at=label.onset if label.diverged else None,
+            divergence_reason=label.reason,
             stopped_by=self.stopped_by,
             tokens_per_s=self._tokens_per_step * self.step_num / self._train_time
             if self._train_time
@@ -339,6 +360,11 @@ class Trainer:
             wall_s=wall_s,
             num_params=self.model.num_params(),
             plateau_loss=cfg.divergence.plateau_loss,
+            outcome=label.outcome,
+            divergence_kind=label.kind,
+            onset=label.onset,
+            decision_step=label.decision_step,
+            first_call=label.first_call,
             losses=list(self.losses),
             grad_norms=list(self.grad_norms),
             val_history=list(self.val_history),

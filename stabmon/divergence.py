@@ -16,21 +16,26 @@ Every run gets an **outcome**, and an **onset** (the first step of the excursion
 - ``stable``: no excursion, and the run did not end on the plateau.
 - ``undetermined``: the divergence's onset lies in the last ``settle_steps`` (100) steps, or
   an excursion from there is still open; or the end level is within ``edge_margin`` (0.05 nat)
-  of the plateau's lower edge, or on the plateau before the loss ever came down to it. The
-  first is the case of a run cut short; the second is where labels flipped between two CPUs.
+  of the plateau's lower edge, or on the plateau while the loss never came down to it (too slow
+  to judge) or is leaving it in the last steps. The first is the case of a run cut short; the
+  second is where labels flipped between two CPUs.
 
 How the loss is read:
 
 - The **smoothed loss** is the median of the last ``window`` (5) finite losses: an isolated
   spike must cover most of the window to move it. The **end level** is the median of the last
   ``end_window`` (20): where the run ends, robust to one step's noise.
-- An **excursion** opens when the smoothed loss rises above its running minimum (the
-  *pre-onset minimum*) by ``margin = max(abs_margin, rel_margin * minimum)``. Its onset is the
-  earliest raw loss above that threshold in the median window, after the step of the minimum
-  (the window may still hold losses from before it). It is **worked off** when the smoothed
-  loss comes back within ``recover_fraction`` (half) of the margin: a recovery clause, so a
-  0.36-nat bump in warmup that the run works off, ending among the best runs, is a transient,
-  not a divergence (it was under the old "stays up for 25 steps" rule).
+- An **excursion** is a rise of the smoothed loss above the *pre-onset minimum*, the lowest end
+  level so far (the level the run had reached; the minimum of the 5-step median would be
+  biased low by batch noise), by ``margin = max(abs_margin, rel_margin * minimum)``, that lasts
+  ``excursion_patience`` (10) smoothed steps or passes the blow-up level (below). Shorter rises
+  are noise or spikes: on the ``tiny`` corpus's 512-byte batches the 5-step median wanders
+  0.3 nats above the run's level for a few steps in about one run in three. The onset is the
+  earliest raw loss above the threshold in the median window where the rise began, after the
+  step of the minimum (the window may still hold losses from before it). It is **worked off**
+  when the smoothed loss comes back within ``recover_fraction`` (half) of the margin: a recovery
+  clause, so a 0.36-nat bump in warmup that the run works off, ending among the best runs, is a
+  transient, not a divergence (it was under the old "stays up for 25 steps" rule).
 - The **plateau** (``plateau_loss``, when known) is the loss of the best context-free
   predictor of the data, the entropy of its byte-unigram distribution
   (`trainer_hooks.lab.data.ByteCorpus.unigram_entropy`, 3.25 nats for the built-in corpus; the
@@ -114,6 +119,10 @@ class _Excursion:
     threshold: float
     recovery: float
     peak: float
+    above: int = 0
+    """Consecutive smoothed steps above the threshold, until confirmed."""
+    confirmed: bool = False
+    """Lasted ``excursion_patience`` steps or passed the blow-up level: an excursion, not noise."""
 
 
 class DivergenceTracker:
@@ -194,25 +203,33 @@ class DivergenceTracker:
         self.recent.append((self.step, loss))
         self.tail.append(loss)
         s = median(v for _, v in self.recent)
+        e = median(self.tail)
         if self.open is None:
             threshold = self.running_min + cfg.margin(self.running_min)
             if s > threshold:
+                onset = self._first_above(threshold, self.running_min_step)
                 self.open = _Excursion(
-                    self._first_above(threshold, self.running_min_step),
-                    self.running_min,
-                    threshold,
-                    cfg.recovery_level(self.running_min),
-                    s,
+                    onset, self.running_min, threshold, cfg.recovery_level(self.running_min), s
                 )
-        else:
-            self.open.peak = max(self.open.peak, s)
-            if s <= self.open.recovery:
+        exc = self.open
+        if exc is not None:
+            exc.peak = max(exc.peak, s)
+            if not exc.confirmed:
+                if s > exc.threshold:
+                    exc.above += 1
+                    blown = exc.peak > self.initial + cfg.blowup_margin
+                    exc.confirmed = exc.above >= cfg.excursion_patience or blown
+                else:
+                    self.open = None  # a spike or noise, not an excursion
+            elif s <= exc.recovery:
                 self.worked_off += 1
-                if self.largest is None or _rise(self.open) > _rise(self.largest):
-                    self.largest = self.open
+                if self.largest is None or _rise(exc) > _rise(self.largest):
+                    self.largest = exc
                 self.open = None
-        if self.open is None and s < self.running_min:
-            self.running_min, self.running_min_step = s, self.step
+        # The pre-onset minimum is the lowest end level: the level the run had reached, far less
+        # biased low by batch noise than the minimum of the 5-step median.
+        if self._excursion() is None and e < self.running_min:
+            self.running_min, self.running_min_step = e, self.step
         if cfg.plateau_loss is None:
             return
         if self.band_step is None and s <= cfg.plateau_high:
@@ -221,10 +238,14 @@ class DivergenceTracker:
             if self.stay_start is None:
                 self.stay_start, self.stay_peak, self.stay_excursion = self.step, s, None
             self.stay_peak = max(self.stay_peak, s)
-            if self.stay_excursion is None and self.open is not None:
+            if self.stay_excursion is None and self._excursion() is not None:
                 self.stay_excursion = self.open.onset
         else:
             self.stay_start, self.stay_excursion, self.stay_peak = None, None, -math.inf
+
+    def _excursion(self) -> _Excursion | None:
+        """The open excursion, once confirmed (an unconfirmed rise may still be noise)."""
+        return self.open if self.open is not None and self.open.confirmed else None
 
     def _stall_onset(self) -> int | None:
         """Where the current stay on the plateau began to count (see the module docstring); None
@@ -248,7 +269,7 @@ class DivergenceTracker:
                 DIVERGED, kind, onset, reason=f"non-finite loss ({value}) at step {at}", peak_loss=peak
             )
         e = median(self.tail)
-        exc = self.open
+        exc = self._excursion()
         rise = exc is not None and e > exc.threshold
         low = cfg.plateau_low
         # A run ending above the band after a rise has risen, not stalled: the rise dates it.
@@ -257,13 +278,15 @@ class DivergenceTracker:
             stall_onset = self._stall_onset() if on_plateau else None
             onsets = [o for o in (exc.onset if rise else None, stall_onset) if o is not None]
             if not onsets:
+                why = (
+                    "its last steps are already below it: leaving the plateau as it ends"
+                    if self.stay_start is None
+                    else "has not come down to the plateau yet: too slow to judge"
+                )
                 return RunLabel(
                     UNDETERMINED,
                     end_loss=e,
-                    reason=(
-                        f"ends at {e:.4g}, on or above the plateau's lower edge {low:.4g}, but has "
-                        "not come down to the plateau yet: too slow to judge"
-                    ),
+                    reason=f"ends at {e:.4g}, on or above the plateau's lower edge {low:.4g}, but {why}",
                 )
             onset = min(onsets)
             peaks = [

@@ -6,7 +6,7 @@ divergent x 2 seeds, with warmup (the ``stabmon sweep`` grid), without, and with
 (warmup over half the run, so that the high LRs cross the stability edge mid-run rather than in
 the first steps); every run's per-step records in JSONL under ``out/corpus/{preset}/``
 (git-ignored; this script re-creates it, resumably).
-Labels come from `stabmon.divergence.find_divergence` on the full loss history; the detectors see
+Labels come from `stabmon.divergence.label_run` on the full loss history; the detectors see
 only the prefix, one step at a time (`bench.detection_metrics`). It then
 
 1. scores the detector's defaults, its warnings, and the two reference rules
@@ -348,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "per_run": [
             {
                 "name": r.name,
+                "outcome": r.outcome,
+                "kind": r.kind,
                 "diverged_at": r.diverged_at,
                 "decided_at": r.decided_at,
                 "reason": r.reason,

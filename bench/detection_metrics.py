@@ -2,11 +2,12 @@
 
 A :class:`Run` is one recorded training run of the sweep corpus: its per-step records (as the
 hooks streamed them), its loss and grad-norm history, its sweep coordinates and its label,
-`stabmon.divergence.find_divergence` over the *full* loss history. Detectors only ever see a
-prefix: :func:`ours` streams the records through `stabmon.detect.Detector` step by step,
-:func:`reference` streams (loss, grad norm) through a reference rule, and each returns the first
-alerting step per run. The scoring itself (:func:`score`, :func:`combine`, :func:`per_rule_first`,
-the table) lives in `stabmon.scoring`, shared with ``stabmon backtest``, and is re-exported here.
+`stabmon.divergence.label_run` over the *full* loss history (outcome, kind, onset, decision
+step). Detectors only ever see a prefix: :func:`ours` streams the records through
+`stabmon.detect.Detector` step by step, :func:`reference` streams (loss, grad norm) through a
+reference rule, and each returns the first alerting step per run. The scoring itself
+(:func:`score`, :func:`combine`, :func:`per_rule_first`, the table) lives in `stabmon.scoring`,
+shared with ``stabmon backtest``, and is re-exported here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stabmon.divergence import DivergenceConfig, find_divergence
+from stabmon.divergence import DivergenceConfig, label_run
 from stabmon.scoring import (  # noqa: F401 - the benchmark's scoring API, re-exported
     FirstAlerts,
     Steps,
@@ -51,6 +52,15 @@ class Run:
     reason: str = ""
     final_loss: float | None = None
     val_loss: float | None = None
+    outcome: str | None = None
+    """The label's outcome (`stabmon.divergence.OUTCOMES`); None: diverged or stable, from
+    ``diverged_at``. Transient and undetermined runs are neither positives nor negatives."""
+    kind: str | None = None
+    """The divergence's kind (`stabmon.divergence.KINDS`)."""
+
+    def __post_init__(self) -> None:
+        if self.outcome is None:
+            self.outcome = "diverged" if self.diverged_at is not None else "stable"
 
     @property
     def diverged(self) -> bool:
@@ -69,7 +79,8 @@ def load_run(result_json: str | Path) -> Run:
     d = json.loads(path.read_text())
     losses = [_num(v) for v in d["losses"]]
     records = [(r["step"], r["values"]) for r in iter_jsonl(path.with_suffix(".jsonl"))]
-    div = find_divergence(losses, DivergenceConfig(plateau_loss=d.get("plateau_loss")))
+    label = label_run(losses, DivergenceConfig(plateau_loss=d.get("plateau_loss")))
+    div = label.to_divergence()
     return Run(
         name=d["name"],
         variant=d["variant"],
@@ -86,6 +97,8 @@ def load_run(result_json: str | Path) -> Run:
         reason=div.reason if div.diverged else "",
         final_loss=d.get("final_loss"),
         val_loss=d.get("val_loss"),
+        outcome=label.outcome,
+        kind=label.kind,
     )
 
 

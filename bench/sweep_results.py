@@ -34,17 +34,24 @@ def _mean(xs: Sequence[float]) -> float | None:
 
 
 def relabel(path: Path, row: dict[str, Any]) -> dict[str, Any]:
-    """``row`` with ``diverged``/``diverged_at`` recomputed by the current divergence definition
-    from the run's recorded loss history, so the tables never carry labels from an older one."""
-    from stabmon.divergence import DivergenceConfig, find_divergence
+    """``row`` with ``diverged``/``diverged_at``/``outcome``/``divergence_kind`` recomputed by
+    the current divergence definition from the run's recorded loss history, so the tables never
+    carry labels from an older one."""
+    from stabmon.divergence import DivergenceConfig, label_run
     from stabmon.wire import decode_value
 
     d = json.loads(path.read_text())
     losses = [decode_value(v) if isinstance(v, str) else float(v) for v in d.get("losses") or []]
     if not losses:
         return row
-    div = find_divergence(losses, DivergenceConfig(plateau_loss=d.get("plateau_loss")))
-    return {**row, "diverged": div.diverged, "diverged_at": div.step}
+    label = label_run(losses, DivergenceConfig(plateau_loss=d.get("plateau_loss")))
+    return {
+        **row,
+        "diverged": label.diverged,
+        "diverged_at": label.onset if label.diverged else None,
+        "outcome": label.outcome,
+        "divergence_kind": label.kind,
+    }
 
 
 def loss_table(rows: Sequence[dict[str, Any]]) -> dict[str, dict[float, dict[str, Any]]]:

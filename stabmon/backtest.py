@@ -5,7 +5,7 @@ as the collector would feed it live, step by step, with the built-in defaults up
 user's ``--set`` overrides. Per run the report gives the first finding of any severity and the
 first critical one, each with its message and evidence. Where runs are labelled, by the user
 (``--diverged RUN=STEP``, or ``RUN=no``) or by the divergence definition
-(`stabmon.divergence.find_divergence` over the run's ``loss``), it scores the setting with the
+(`stabmon.divergence.label_run` over the run's ``loss``), it scores the setting with the
 detection benchmark's own code (`stabmon.scoring`): recall, false alarms and lead times, and the
 same table. A run with neither a mark nor a loss series is reported but not scored.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stabmon.detect import Detector, DetectorConfig, Finding
-from stabmon.divergence import find_divergence
+from stabmon.divergence import label_run
 from stabmon.history import History
 from stabmon.scoring import first_alerts, first_findings, score, table
 
@@ -37,6 +37,9 @@ class Judged:
     decided_at: int | None = None
     label: str = "unlabelled"
     """``marked`` (by the user), ``divergence definition``, or ``unlabelled``."""
+    outcome: str | None = None
+    """The divergence definition's outcome (``diverged``, ``transient``, ``stable``,
+    ``undetermined``); None for marked or unlabelled runs (scored by ``diverged_at`` alone)."""
     reason: str = ""
     first: Finding | None = None
     critical: Finding | None = None
@@ -81,13 +84,13 @@ def label(history: History, marks: Mapping[str, int | None], auto: bool = True) 
     if not losses:
         run.reason = "no loss series to label it by; mark it with --diverged"
         return run
-    div = find_divergence(losses)
-    run.label = "divergence definition"
-    if div.diverged:
-        run.diverged_at, run.decided_at = steps[div.step], steps[div.detected_at]
-        run.reason = div.reason
+    verdict = label_run(losses)
+    run.label, run.outcome = "divergence definition", verdict.outcome
+    if verdict.diverged:
+        run.diverged_at, run.decided_at = steps[verdict.onset], steps[verdict.decision_step]
+        run.reason = f"{verdict.kind}: {verdict.reason}"
     else:
-        run.reason = "the loss did not diverge"
+        run.reason = f"{verdict.outcome}: {verdict.reason}" if verdict.reason else verdict.outcome
     return run
 
 
@@ -138,6 +141,7 @@ def _run_dict(r: Judged) -> dict[str, Any]:
         "steps": len(r.records),
         "last_step": r.records[-1][0] if r.records else None,
         "label": r.label,
+        "outcome": r.outcome,
         "diverged_at": r.diverged_at,
         "decided_at": r.decided_at,
         "reason": r.reason,

@@ -8,7 +8,7 @@ on their runs mean the same thing.
 A run here is anything with a ``name``, its ``records`` (``(step, values)`` in step order, as
 the hooks streamed them) and its label: ``diverged_at`` (the first step of the divergence,
 None if it did not diverge) and ``decided_at`` (the step at which the divergence definition,
-`stabmon.divergence.find_divergence`, could first tell). Detectors only ever see a prefix:
+`stabmon.divergence.label_run`, could first tell). Detectors only ever see a prefix:
 :func:`first_alerts` streams the records through `stabmon.detect.Detector` step by step and
 returns the first alerting step per run. :func:`score` turns those steps into recall (diverging
 runs alerted at or before their divergence step), false alarms (non-diverging runs alerted at
@@ -39,6 +39,9 @@ class Replayable(Protocol):
 
 
 class Labelled(Protocol):
+    """A labelled run; ``outcome`` (`stabmon.divergence.OUTCOMES`) may be absent, and then
+    follows from ``diverged_at`` (diverged or stable)."""
+
     name: str
     diverged_at: int | None
     decided_at: int | None
@@ -143,13 +146,15 @@ def score(runs: Sequence[Labelled], first: Steps) -> dict[str, Any]:
 
     - ``recall``: diverging runs alerted at or before their divergence step;
     - ``recall_before_decidable``: ... alerted before the ground truth itself could tell
-      (``decided_at``, the step at which `find_divergence` fires online);
-    - ``false_alarms``: non-diverging runs with any alert;
+      (``decided_at``, the label's decision step);
+    - ``false_alarms``: stable runs with any alert (a transient run's alerts are counted apart,
+      in ``transient_alerted``: neither a false alarm nor a catch; undetermined runs not at all);
     - lead time = divergence step - alert step over the diverging runs alerted at all (negative:
       late), median and 10th percentile, in steps and as a fraction of the steps before divergence.
     """
     pos = [r for r in runs if r.diverged_at is not None]
-    neg = [r for r in runs if r.diverged_at is None]
+    neg = [r for r in runs if _outcome(r) == "stable"]
+    transient = [r for r in runs if _outcome(r) == "transient"]
     alerted = [r for r in pos if first.get(r.name) is not None]
     leads = [r.diverged_at - first[r.name] for r in alerted]
     fracs = [(r.diverged_at - first[r.name]) / max(r.diverged_at, 1) for r in alerted]
@@ -171,7 +176,17 @@ def score(runs: Sequence[Labelled], first: Steps) -> dict[str, Any]:
         "lead_frac_p10": _pct(fracs, 0.1),
         "misses": sorted(r.name for r in pos if first.get(r.name) is None or first[r.name] > r.diverged_at),
         "false_alarm_runs": sorted(r.name for r in fa),
+        "transient": len(transient),
+        "transient_alerted": sum(first.get(r.name) is not None for r in transient),
+        "undetermined": sum(_outcome(r) == "undetermined" for r in runs),
     }
+
+
+def _outcome(run: Labelled) -> str:
+    outcome = getattr(run, "outcome", None)
+    if outcome is not None:
+        return outcome
+    return "diverged" if run.diverged_at is not None else "stable"
 
 
 def _fmt(x: Any, pct: bool = False) -> str:

@@ -133,6 +133,17 @@ def test_score_recall_false_alarms_and_lead_times():
     assert score([_run("quiet")], {"quiet": None})["recall"] is None
 
 
+def test_transient_runs_are_neither_false_alarms_nor_catches():
+    """A run that worked an excursion off: an alert on it is noted apart; an undetermined run
+    counts nowhere."""
+    runs = [_run("div", 50, 150), _run("quiet"), _run("bump"), _run("cut")]
+    runs[2].outcome, runs[3].outcome = "transient", "undetermined"
+    s = score(runs, {"div": 40, "quiet": None, "bump": 12, "cut": 30})
+    assert (s["positives"], s["negatives"], s["false_alarms"]) == (1, 1, 0)
+    assert (s["transient"], s["transient_alerted"], s["undetermined"]) == (1, 1, 1)
+    assert s["recall_n"] == 1
+
+
 def _records(n, logit_jump_at=None, loss_nan_at=None):
     out = []
     for s in range(n):
@@ -225,6 +236,7 @@ def test_load_run_labels_from_the_full_loss(tmp_path):
             f.write(json.dumps({"step": s, "rank": 0, "values": {"loss": v}}) + "\n")
     run = load_run(tmp_path / "x.json")
     assert run.diverged_at == 4 and run.decided_at == 4 and "non-finite" in run.reason
+    assert (run.outcome, run.kind) == ("diverged", "early")
     assert math.isnan(run.records[4][1]["loss"]) and math.isnan(run.losses[4])
 
 

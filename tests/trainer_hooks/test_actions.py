@@ -7,6 +7,7 @@ baseline run diverges at a high learning rate."""
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 from itertools import count
 
@@ -17,10 +18,19 @@ from stabmon.detect import Detector
 from trainer_hooks.actions import AlertPolicy, PolicyConfig, policy_from
 from trainer_hooks.lab.train import TrainConfig, Trainer, train
 
-# A tiny baseline at peak LR 1.0, no clipping, a long warmup: fine for ~60 steps, then the
-# loss blows up as the LR ramps (diverged by stabmon.divergence at step ~70).
+# A tiny baseline at peak LR 1.0, no clipping, a long warmup and no decay after it: fine for ~60
+# steps, then the loss blows up as the LR ramps (a divergence by stabmon.divergence from step ~67).
+# The LR stays at its peak, so the run does not work the blow-up off as the cosine would let it,
+# and it runs long enough after the blow-up (>= 100 steps) for the label to be decided.
 DIVERGING = dict(
-    variant="baseline", preset="tiny", lr=1.0, warmup=100, steps=150, grad_clip=0.0, eval_every=0
+    variant="baseline",
+    preset="tiny",
+    lr=1.0,
+    warmup=100,
+    steps=200,
+    min_lr_ratio=1.0,
+    grad_clip=0.0,
+    eval_every=0,
 )
 ROLLBACK_RULES = ("loss_spike", "grad_spike", "non_finite")
 
@@ -103,9 +113,12 @@ def diverged_without_policy():
         torch.set_num_threads(threads)
 
 
-def test_rollback_turns_a_diverging_run_into_a_converging_one(diverged_without_policy):
+def test_rollback_turns_a_blow_up_into_a_run_that_keeps_training(diverged_without_policy):
+    """The plain run blows up; with rollback it does not, and ends far lower. At these learning
+    rates the tiny baseline still ends on the unigram plateau (a stall, by the label), so the
+    claim is about the blow-up, not about reaching a good loss."""
     plain = diverged_without_policy
-    assert plain.diverged, "the reference run must diverge for this test to mean anything"
+    assert plain.diverged and plain.divergence_kind == "blow-up", (plain.outcome, plain.divergence_reason)
 
     policy = AlertPolicy(on_critical="rollback", rules=ROLLBACK_RULES, checkpoint_every=10, max_rollbacks=3)
     alerts = DetectorAlerts(on_alert=policy)
@@ -117,7 +130,10 @@ def test_rollback_turns_a_diverging_run_into_a_converging_one(diverged_without_p
     # Back to a checkpoint taken before the first warning of the episode, with a lower LR.
     assert first["to_step"] <= first["first_warning_step"] < first["from_step"]
     assert first["lr_scale"] == pytest.approx(0.5)
-    assert not result.diverged, (result.diverged_at, result.divergence_reason)
+    assert result.divergence_kind != "blow-up", (result.outcome, result.divergence_reason)
+    # The new lineage's smoothed loss never gets worse than the untrained model's (a spike may).
+    after = result.losses[first["to_step"] :]
+    assert max(statistics.median(after[i : i + 5]) for i in range(len(after) - 4)) < result.losses[0] + 1.0
     assert result.steps_run == DIVERGING["steps"] and result.stopped_by is None
     assert result.final_loss < plain.final_loss
     print(

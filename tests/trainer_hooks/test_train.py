@@ -133,6 +133,29 @@ def test_stop_on_divergence(corpus):
     assert d["val_loss"] == "nan" and d["val_ppl"] == "nan"
     kept_going = Trainer(cfg(corpus, steps=10), callbacks=[_poison(5)]).run()
     assert kept_going.diverged and kept_going.steps_run == 10 and kept_going.stopped_by is None
+    # The label's fields: a non-finite loss is a divergence decided at once; before step 20, early.
+    assert (r.outcome, r.divergence_kind, r.onset, r.decision_step, r.first_call) == (
+        "diverged",
+        "early",
+        6,
+        6,
+        6,
+    )
+    assert d["outcome"] == "diverged" and d["divergence_kind"] == "early" and d["decision_step"] == 6
+
+
+def test_result_label_matches_the_offline_label(corpus):
+    from stabmon.divergence import DivergenceConfig, label_run
+
+    r = Trainer(cfg(corpus, steps=30)).run()
+    offline = label_run(r.losses, DivergenceConfig(plateau_loss=r.plateau_loss))
+    assert (r.outcome, r.divergence_kind, r.onset, r.decision_step) == (
+        offline.outcome,
+        offline.kind,
+        offline.onset,
+        offline.decision_step,
+    )
+    assert r.diverged == offline.diverged and r.divergence_reason == offline.reason
 
 
 def test_result_json_fields(corpus):

@@ -55,7 +55,8 @@ class MonitoredRun:
     def summary(self) -> dict[str, Any]:
         d = self.result.to_dict()
         keep = ("final_loss", "min_loss", "val_loss", "val_ppl", "diverged", "diverged_at",
-                "divergence_reason", "steps_run", "tokens_per_s", "stopped_by", "num_params")  # fmt: skip
+                "divergence_reason", "outcome", "divergence_kind", "decision_step", "steps_run",
+                "tokens_per_s", "stopped_by", "num_params")  # fmt: skip
         out = {k: d[k] for k in keep if k in d}
         if self.policy is not None:
             out["alert_policy"] = self.policy.summary()

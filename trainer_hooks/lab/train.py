@@ -9,11 +9,13 @@ calling each callback after every step; a callback returning ``"stop"`` ends the
 checkpoint). `train()` builds a trainer, optionally attaches stabmon monitoring to a sink, runs
 it and returns a JSON-friendly `TrainResult`. On CPU, the same config and seed give the same
 loss sequence; on CUDA the forward pass runs under bf16 autocast.
+
+`TrainConfig` also holds the knobs of divergence mechanisms (weight decay, beta2, z-loss, a data
+switch, an injected incident: `trainer_hooks.lab.incidents`); at their defaults nothing changes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -25,12 +27,13 @@ from typing import Any
 import torch
 
 from stabmon.divergence import DivergenceConfig, DivergenceTracker
-from stabmon.wire import encode_value
 from trainer_hooks.lab import checkpoint
 from trainer_hooks.lab.config import preset, preset_defaults
 from trainer_hooks.lab.data import ByteBatches, ByteCorpus
+from trainer_hooks.lab.incidents import DATA_SWITCHES, Incident, corrupt_batch, scale_grads, switch_batch
 from trainer_hooks.lab.model import GPT
 from trainer_hooks.lab.optim import lr_at, make_optimizer, set_lr
+from trainer_hooks.lab.result import TrainResult, perplexity
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,16 @@ class TrainConfig:
     """The cosine decays to ``lr * min_lr_ratio``."""
     batch_size: int | None = None
     weight_decay: float = 0.1
+    """AdamW weight decay on the matrices (and the tied embedding); 0 lets the output logits
+    drift, one of the mechanisms of high-LR divergence."""
+    beta2: float = 0.95
+    """AdamW's second-moment decay (beta1 is 0.9). At 0.99-0.999 the second moments of rarely
+    updated parameters adapt slowly, so a shift in the data distribution (``data_switch_step``)
+    can make their updates large."""
+    z_loss: float = 0.0
+    """Coefficient of the z-loss, ``z_loss * mean(log Z ** 2)`` with ``log Z`` the log-partition
+    (logsumexp) of the LM head's logits, added to the training objective (PaLM); 0 is off. It
+    keeps the output logits from drifting. The reported loss is the cross-entropy alone."""
     grad_clip: float = 1.0
     """Clip the global grad norm to this; 0 disables clipping (the norm is reported either way)."""
     seed: int = 0
@@ -64,10 +77,12 @@ class TrainConfig:
     monitor_every: int = 1
     """Record activation statistics every this many steps when monitoring is attached."""
     stop_on_divergence: bool = False
+    """Stop at the first step at which the divergence verdict on the losses so far is
+    ``diverged`` (`stabmon.divergence`: the run's ``first_call``)."""
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     plateau_from_data: bool = True
     """Fill ``divergence.plateau_loss`` (when unset) with the corpus's byte-unigram entropy, so a
-    run stalled on that plateau counts as diverged (rule 4 of `stabmon.divergence`)."""
+    run that ends on that plateau counts as diverged (a stall, `stabmon.divergence`)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``..."""
     threads: int | None = None
@@ -75,6 +90,28 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)
     """`GPTConfig` overrides, e.g. ``{"softmax_cap": 30.0, "n_layer": 2}``."""
     name: str | None = None
+    data_switch_step: int | None = None
+    """From this optimizer step on, training batches are transformed by ``data_switch``: an
+    abrupt change of the token distribution (`trainer_hooks.lab.incidents.switch_batch`).
+    Validation batches are not: they keep scoring the original text."""
+    data_switch: str = "permute"
+    """``permute`` (relabel every byte by a fixed permutation) or ``shuffle`` (shuffle the bytes
+    within each sequence)."""
+    incident: Incident | None = None
+    """An injected incident (`trainer_hooks.lab.incidents`): ``lr_spike``, ``corrupt_batches`` or
+    ``grad_scale`` at a known step, recorded in the result so lead times can be measured from
+    it. A dict (from a JSON config) is converted."""
+
+    def __post_init__(self) -> None:
+        self.incident = Incident.coerce(self.incident)
+        if self.weight_decay < 0 or self.z_loss < 0:
+            raise ValueError(f"weight_decay and z_loss must be >= 0, got {self.weight_decay}, {self.z_loss}")
+        if not 0.0 <= self.beta2 < 1.0:
+            raise ValueError(f"beta2 must be in [0, 1), got {self.beta2}")
+        if self.data_switch not in DATA_SWITCHES:
+            raise ValueError(f"data_switch is one of {', '.join(DATA_SWITCHES)}, got {self.data_switch!r}")
+        if self.data_switch_step is not None and self.data_switch_step < 0:
+            raise ValueError(f"data_switch_step must be >= 0, got {self.data_switch_step}")
 
     def resolved(self) -> TrainConfig:
         """A copy with the preset defaults filled in, validated."""
@@ -90,6 +127,12 @@ class TrainConfig:
         if cfg.monitor_every < 1 or cfg.checkpoint_every < 0:
             raise ValueError("monitor_every must be >= 1 and checkpoint_every >= 0")
         preset(cfg.preset, variant=cfg.variant, **cfg.model)  # validates the model settings
+        for what, at in (
+            ("incident", cfg.incident and cfg.incident.step),
+            ("data_switch_step", cfg.data_switch_step),
+        ):
+            if at is not None and at >= cfg.steps:
+                raise ValueError(f"{what} at step {at} never happens in a run of {cfg.steps} steps")
         if cfg.name is None:
             cfg.name = f"{cfg.variant}-lr{cfg.lr:g}-s{cfg.seed}"
         return cfg
@@ -115,70 +158,6 @@ class StepInfo:
 Callback = Callable[[StepInfo], Any]
 
 
-def _finite_or_none(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
-def _json_number(x: float | None) -> float | str | None:
-    """JSON has no NaN/inf: keep them as the wire's strings."""
-    return None if x is None else encode_value(x)
-
-
-def perplexity(loss: float) -> float:
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return math.inf
-
-
-@dataclass
-class TrainResult:
-    name: str
-    variant: str
-    preset: str
-    lr: float
-    seed: int
-    steps: int
-    steps_run: int
-    final_loss: float
-    min_loss: float
-    val_loss: float | None
-    val_ppl: float | None
-    diverged: bool
-    diverged_at: int | None
-    divergence_reason: str
-    stopped_by: str | None
-    """``divergence``, ``callback`` or None when the run completed its steps."""
-    tokens_per_s: float
-    wall_s: float
-    num_params: int
-    plateau_loss: float | None
-    """The unigram plateau the divergence verdict used: ``find_divergence(losses,
-    DivergenceConfig(plateau_loss=plateau_loss))`` reproduces ``diverged``/``diverged_at``."""
-    losses: list[float] = field(repr=False, default_factory=list)
-    grad_norms: list[float] = field(repr=False, default_factory=list)
-    val_history: list[tuple[int, float]] = field(repr=False, default_factory=list)
-
-    def to_dict(self, history: bool = False) -> dict[str, Any]:
-        d = asdict(self)
-        if not history:
-            for k in ("losses", "grad_norms", "val_history"):
-                d.pop(k)
-        for k, v in d.items():
-            if isinstance(v, float):
-                d[k] = _json_number(v)
-        for k in ("losses", "grad_norms"):
-            if k in d:
-                d[k] = [_json_number(v) for v in d[k]]
-        if "val_history" in d:
-            d["val_history"] = [[s, _json_number(v)] for s, v in d["val_history"]]
-        return d
-
-    def to_json(self, history: bool = False) -> str:
-        """Valid JSON (non-finite numbers as "nan"/"inf"/"-inf" strings)."""
-        return json.dumps(self.to_dict(history), allow_nan=False)
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -193,7 +172,9 @@ class Trainer:
         self.device = _device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.model = GPT(preset(cfg.preset, variant=cfg.variant, **cfg.model)).to(self.device)
-        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, device_type=self.device.type)
+        self.optimizer = make_optimizer(
+            self.model, cfg.lr, cfg.weight_decay, betas=(0.9, cfg.beta2), device_type=self.device.type
+        )
         self.corpus = ByteCorpus(cfg.data, self.model.config.block_size)
         self.batches = ByteBatches(self.corpus, cfg.batch_size, cfg.seed, self.device)
         self.callbacks: list[Callback] = list(callbacks)
@@ -219,17 +200,39 @@ class Trainer:
         c = self.cfg
         return lr_at(self.step_num, c.lr, c.warmup, c.steps, c.lr * c.min_lr_ratio) * self.lr_scale
 
+    def _incident(self, kind: str) -> Incident | None:
+        inc = self.cfg.incident
+        return inc if inc is not None and inc.is_active(kind, self.step_num) else None
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of this step: the sampler's, then the data switch's and a corrupting
+        incident's transforms (the sampler advances the same either way)."""
+        c, step = self.cfg, self.step_num
+        x, y = self.batches.next()
+        if c.data_switch_step is not None and step >= c.data_switch_step:
+            x, y = switch_batch(x, y, c.data_switch, c.seed, step)
+        if (inc := self._incident("corrupt_batches")) is not None:
+            x, y = corrupt_batch(x, y, inc.mode, c.seed, step)
+        return x, y
+
     def step(self) -> StepInfo:
         """One optimizer step on the next training batch."""
         t0 = time.perf_counter()
         self.model.train()
         lr = self.current_lr
+        if (spike := self._incident("lr_spike")) is not None:
+            lr *= spike.factor
         set_lr(self.optimizer, lr)
-        x, y = self.batches.next()
+        x, y = self.next_batch()
         with self._amp():
-            _, loss = self.model(x, y)
+            logits, loss = self.model(x, y)
+        objective = loss
+        if self.cfg.z_loss > 0:  # only then: runs without it stay bit-identical
+            objective = loss + self.cfg.z_loss * torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
+        if (scaled := self._incident("grad_scale")) is not None:
+            scale_grads(self.model.parameters(), scaled.factor)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
@@ -279,7 +282,13 @@ class Trainer:
 
     @property
     def divergence(self):
+        """The first call of the divergence tracker (the stop signal); None if never called."""
         return self.tracker.result
+
+    @property
+    def label(self):
+        """The divergence verdict on the losses so far (`stabmon.divergence.RunLabel`)."""
+        return self.tracker.label()
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step_num % every == 0
@@ -316,7 +325,7 @@ class Trainer:
         cfg = self.cfg
         finite = [v for v in self.losses if math.isfinite(v)]
         val = self.val_history[-1][1] if self.val_history else None
-        div = self.tracker.result
+        label = self.tracker.label()
         return TrainResult(
             name=cfg.name,
             variant=cfg.variant,
@@ -329,9 +338,9 @@ class Trainer:
             min_loss=min(finite) if finite else math.nan,
             val_loss=val,
             val_ppl=perplexity(val) if val is not None and not math.isnan(val) else val,
-            diverged=div is not None,
-            diverged_at=div.step if div else None,
-            divergence_reason=div.reason if div else "",
+            diverged=label.diverged,
+            diverged_at=label.onset if label.diverged else None,
+            divergence_reason=label.reason,
             stopped_by=self.stopped_by,
             tokens_per_s=self._tokens_per_step * self.step_num / self._train_time
             if self._train_time
@@ -339,6 +348,14 @@ class Trainer:
             wall_s=wall_s,
             num_params=self.model.num_params(),
             plateau_loss=cfg.divergence.plateau_loss,
+            outcome=label.outcome,
+            divergence_kind=label.kind,
+            onset=label.onset,
+            decision_step=label.decision_step,
+            first_call=label.first_call,
+            incident=asdict(cfg.incident) if cfg.incident is not None else None,
+            incident_step=cfg.incident.step if cfg.incident is not None else None,
+            data_switch_step=cfg.data_switch_step,
             losses=list(self.losses),
             grad_norms=list(self.grad_norms),
             val_history=list(self.val_history),

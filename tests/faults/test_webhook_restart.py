@@ -63,7 +63,9 @@ def test_a_webhook_retry_pending_at_shutdown_is_delivered_after_restart(tmp_path
                 timeout=30,
             )
             assert r.status_code == 200 and r.json()["alerts"], r.text
-            assert wait_until(lambda: len(rx.requests) >= 1, timeout=30)
+            # The receiver answering is not enough: the attempt must be in the delivery log
+            # before the collector goes down (a kill right after the POST would lose it).
+            assert wait_until(lambda: len(rx.requests) >= 1 and _deliveries(col, h), timeout=30)
             col.stop() if down == "stop" else col.kill()
             before = _logged(tmp_path / "w.db")
             assert before == [(i + 1, "retrying", 500) for i in range(len(before))] and before

@@ -71,7 +71,9 @@ def main() -> None:
     (args.out / f"rank{rank}.json").write_text(json.dumps(result))
     if torch.distributed.is_initialized():
         # Left to interpreter exit, gloo's threads can be torn down while still joinable
-        # ("terminate called without an active exception", rank aborted) on a loaded machine.
+        # ("terminate called without an active exception", rank aborted) on a loaded machine:
+        # both ranks finish together, then close the group (the pattern torch's examples use).
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

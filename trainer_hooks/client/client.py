@@ -7,12 +7,13 @@ taken by the caller, nothing raised). Two daemon threads do the rest:
 - the *batcher* drains the deque every ``poll_interval_s``, merges records into batches
   (:class:`~trainer_hooks.client.batching.Batcher`: by point count, age and body size) and
   appends each sealed batch to the on-disk :class:`~trainer_hooks.client.spool.Spool`;
-- the *sender* registers the run (``POST /api/v1/runs`` with a client-chosen id, retried in
-  the background until the collector answers, so a collector that is down at start delays
-  nothing), then posts batches from the head of the spool, in order, acknowledging each on
-  2xx. Retryable failures (408/429/5xx/connection errors/timeouts) back off exponentially
-  with jitter and honour ``Retry-After``; other 4xx answers move the batch to the rejected
-  file, logged and counted. Alerts in ingest answers go to ``on_alert`` and ``client.alerts``.
+- the *sender* (:class:`~trainer_hooks.client.sender.Sender`) registers the run (``POST
+  /api/v1/runs`` with a client-chosen id, retried in the background until the collector
+  answers, so a collector that is down at start delays nothing), then posts batches from the
+  head of the spool, in order, acknowledging each on 2xx. Retryable failures
+  (408/429/5xx/connection errors/timeouts) back off exponentially with jitter and honour
+  ``Retry-After``; other 4xx answers move the batch to the rejected file, logged and counted.
+  Alerts in ingest answers go to ``on_alert`` and ``client.alerts``.
 
 Because a batch keeps its id from sealing to acknowledgement, a retry whose first answer
 was lost is stored once. :meth:`Client.close` (also run at interpreter exit) appends the
@@ -42,8 +43,9 @@ from stabmon.wire import AlertPublic, RunCreate, RunStatus, RunUpdate
 from trainer_hooks.client.alerts import AlertCallback, AlertTracker
 from trainer_hooks.client.batching import Batcher
 from trainer_hooks.client.config import ClientConfig, ClientStats, RunInfo, default_spool_dir
-from trainer_hooks.client.spool import Pending, Spool
-from trainer_hooks.client.transport import Backoff, Reply, Transport
+from trainer_hooks.client.sender import Sender
+from trainer_hooks.client.spool import Spool
+from trainer_hooks.client.transport import Transport
 
 log = logging.getLogger("stabmon.client")
 
@@ -113,22 +115,28 @@ class Client:
         self._alerts = AlertTracker(on_alert)
         self._queue: collections.deque = collections.deque(maxlen=cfg.max_queue_records)
         self._closed = False
-        self._registered = False
-        self._fatal: str | None = None
-        self._reregistered_for: str | None = None
         self._c = collections.Counter()  # stats counters, bumped by the background threads
         self._last_error: str | None = None
         self._written = 0
         self._dropped = 0
-        self._work = threading.Event()  # the batcher appended something: wake the sender
         self._wake_batcher = threading.Event()
         self._stop_batcher = threading.Event()
-        self._stop_sender = threading.Event()
         self._progress = threading.Condition()
+        self._sender = Sender(
+            run_id=self.run_id,
+            run_create=self._run_create,
+            transport=self._transport,
+            spool=self._spool,
+            batcher=self._batcher,
+            alerts=self._alerts,
+            config=cfg,
+            counters=self._c,
+            progress=self._progress,
+            on_error=self._error,
+        )
         self._batch_thread = threading.Thread(target=self._batch_loop, name="stabmon-batcher", daemon=True)
-        self._send_thread = threading.Thread(target=self._send_loop, name="stabmon-sender", daemon=True)
         self._batch_thread.start()
-        self._send_thread.start()
+        self._sender.start()
 
         def _at_exit() -> None:
             self.close(timeout=self.config.atexit_timeout_s)
@@ -187,9 +195,7 @@ class Client:
         self._wake_batcher.set()
         # Draining the in-memory queue to disk is quick and must not be cut short.
         self._batch_thread.join(max(2.0, deadline - time.monotonic()))
-        self._stop_sender.set()
-        self._work.set()
-        self._send_thread.join(max(0.1, deadline - time.monotonic()))
+        self._sender.stop(deadline)
         points, updates = self._spool.pending_points, self._spool.pending_updates
         if points or updates:
             log.warning(
@@ -201,7 +207,7 @@ class Client:
                 self._spool.path,
                 self.run_id,
             )
-        if not self._send_thread.is_alive():
+        if not self._sender.alive:
             self._transport.close()
         self._spool.close()
 
@@ -216,7 +222,7 @@ class Client:
         c, sp = self._c, self._spool
         return ClientStats(
             run_id=self.run_id,
-            registered=self._registered,
+            registered=self._sender.registered,
             records_written=self._written,
             records_dropped=self._dropped,
             invalid_records=self._batcher.stats.invalid_records,
@@ -268,7 +274,7 @@ class Client:
         with self._progress:
             while self._spool.done_through() < marker.seq:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._fatal:
+                if left <= 0 or self._sender.fatal:
                     return False
                 self._progress.wait(min(left, self.config.poll_interval_s))
         return True
@@ -316,7 +322,7 @@ class Client:
             self._error(f"cannot spool a batch of {sealed.n_points} points: {e}", logging.ERROR)
             return
         self._c["points_spooled"] += sealed.n_points
-        self._work.set()
+        self._sender.wake()
         with self._progress:
             self._progress.notify_all()
 
@@ -326,105 +332,4 @@ class Client:
         except OSError as e:
             self._error(f"cannot spool the run's status update: {e}", logging.ERROR)
             return
-        self._work.set()
-
-    def _send_loop(self) -> None:
-        cfg = self.config
-        backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, cfg.max_retry_after_s)
-        failing = False
-        while not self._stop_sender.is_set() and not self._fatal:
-            try:
-                if not self._registered:
-                    reply = self._transport.register(self._run_create)
-                    if reply.verdict == "ok":
-                        self._registered = True
-                        log.info("stabmon client: run %s registered", self.run_id)
-                    elif reply.verdict == "reject":
-                        # A bad token or run description: resending cannot help. Points stay
-                        # in the spool (bounded) so a corrected client can deliver them.
-                        self._fatal = f"registration refused with HTTP {reply.status}: {reply.detail}"
-                        self._error(self._fatal + f"; points stay in {self._spool.path}", logging.ERROR)
-                        return
-                else:
-                    head = self._spool.peek()
-                    if head is None:
-                        self._work.wait(self.config.poll_interval_s)
-                        self._work.clear()
-                        continue
-                    reply = self._send(head, first_try=not failing)
-            except Exception as e:  # a bug must not kill delivery for the rest of the run
-                reply = Reply("retry", None, detail=f"{type(e).__name__}: {e}")
-                log.exception("stabmon client: unexpected error in the sender")
-            if reply.verdict == "retry":
-                self._c["retries"] += 1
-                if not failing:
-                    why = f"{reply.status or 'no answer'}: {reply.detail}"
-                    self._error(f"collector unavailable ({why}); retrying")
-                failing = True
-                self._stop_sender.wait(backoff.next_delay(reply.retry_after))
-                continue
-            if failing:
-                log.info("stabmon client: collector reachable again after %d attempts", backoff.attempt)
-            failing = False
-            backoff.reset()
-            with self._progress:
-                self._progress.notify_all()
-
-    def _send(self, head: Pending, first_try: bool) -> Reply:
-        batch_id, body, n_points, kind = head
-        if kind == "update":
-            reply = self._transport.update_run(self.run_id, body)
-            if reply.verdict == "ok":
-                self._spool.ack(batch_id)
-                return reply
-            return self._refused(head, reply)
-        if first_try:
-            self._c["points_sent"] += n_points
-        reply = self._transport.post_points(self.run_id, body)
-        if reply.verdict == "ok":
-            data = reply.data if isinstance(reply.data, dict) else {}
-            self._c["batches_acked"] += 1
-            self._c["points_acked"] += n_points
-            if data.get("duplicate"):
-                self._c["duplicates"] += 1
-            # Alerts and counters before the ack: once flush() returns, the answers to what it
-            # waited for have been fully handled (on_alert called, stats updated).
-            self._alerts.update(data.get("alerts"))
-            self._spool.ack(batch_id)
-            return reply
-        return self._refused(head, reply)
-
-    def _refused(self, head: Pending, reply: Reply) -> Reply:
-        """A batch or update the collector did not take: split, re-register, or set aside."""
-        batch_id, body, n_points, kind = head
-        if reply.verdict == "reject":
-            if reply.status == 413 and self._spool.split(batch_id):
-                # The collector's body limit is below ours: resend in halves, and make new
-                # batches smaller from now on.
-                self._batcher.max_body_bytes = max(4096, min(self._batcher.max_body_bytes, len(body) // 2))
-                log.warning(
-                    "stabmon client: collector refused a %d-byte batch as too large; splitting it and "
-                    "lowering max_body_bytes to %d",
-                    len(body),
-                    self._batcher.max_body_bytes,
-                )
-                return Reply("ok", 413)
-            if reply.status == 404 and self._reregistered_for != batch_id:
-                # The collector does not know the run (its database was reset): register again
-                # and resend once before calling the batch bad.
-                self._reregistered_for = batch_id
-                self._registered = False
-                return Reply("ok", 404)
-            if kind == "points":
-                self._c["rejected_batches"] += 1
-                self._c["rejected_points"] += n_points
-                what = f"batch {batch_id} ({n_points} points)"
-            else:
-                what = "the run's status update"
-            self._error(
-                f"collector rejected {what} with HTTP {reply.status}: {reply.detail}; "
-                f"kept in {self._spool.rejected_path}",
-                logging.ERROR,
-            )
-            self._spool.reject(batch_id, body, reply.status, reply.detail)
-        return reply
+        self._sender.wake()

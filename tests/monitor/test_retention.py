@@ -277,3 +277,16 @@ def test_migration_0009_up_and_down_keeps_a_pruned_run(fresh_url):
         assert store.series(pid, "done", ["loss"], max_points=4).series == coarse.series  # (no NaN in it)
     finally:
         store.dispose()
+
+
+def test_vacuum_after_a_prune_on_both_backends(store, runs):
+    pid, now, expected = runs
+    dry = store.prune(DAY90, dry_run=True, vacuum=True, now=now)
+    assert not dry.vacuumed  # a dry run never vacuums
+    report = store.prune(DAY90, vacuum=True, now=now)
+    assert report.vacuumed and report.points == sum(expected.values())
+    if store.dialect == "sqlite":
+        assert report.db_bytes_after < report.db_bytes_before
+    else:
+        assert report.db_bytes_before is None and report.db_bytes_after is None
+    assert _raw(store, pid, "old").pruned and not _raw(store, pid, "live").pruned

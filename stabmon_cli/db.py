@@ -1,10 +1,15 @@
-"""``stabmon db upgrade|downgrade|current|check``: the collector's schema migrations (Alembic)."""
+"""``stabmon db upgrade|downgrade|current|check``: the collector's schema migrations (Alembic);
+``stabmon db prune``: retention (drop finished runs' raw points, keep their rollups)."""
 
 from __future__ import annotations
 
+import json
+import re
+from datetime import timedelta
+
 import typer
 
-app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+app = typer.Typer(help="Database schema migrations and retention.", no_args_is_help=True)
 
 DB_OPTION = typer.Option(None, "--db", help="Database URL (default: STABMON_DB, else ./.stabmon/stabmon.db).")
 
@@ -59,3 +64,83 @@ def check_cmd(db: str | None = DB_OPTION) -> None:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
     typer.echo("models and migrations agree")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> timedelta:
+    """``90d``, ``12h``, ``2w``, ``30m``, ``45s``: a whole number and one unit."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")
+    if m is None:
+        raise typer.BadParameter(
+            f"{text!r} is not an age: a whole number and a unit s, m, h, d or w (e.g. 90d)",
+            param_hint="--older-than",
+        )
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+@app.command("prune")
+def prune_cmd(
+    older_than: str = typer.Option(
+        ..., "--older-than", help="Prune runs not running and last updated longer ago than this, e.g. 90d."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted; delete nothing."),
+    vacuum: bool = typer.Option(
+        False,
+        "--vacuum",
+        help="After pruning, give the space back (SQLite VACUUM; PostgreSQL VACUUM ANALYZE).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Drop the raw points (and ingest batch ids) of finished runs past an age; keep their
+    rollups, latest values, series, alerts and the runs. See docs/retention.md."""
+    from monitor.store import Store, migrate
+
+    age = parse_age(older_than)
+    url = _url(db)
+    if not migrate.is_at_head(url):
+        typer.echo(
+            f"error: the database is not at the schema head: run `stabmon db upgrade --db {url}`", err=True
+        )
+        raise typer.Exit(1)
+    store = Store(url, pool_size=1)
+    try:
+        report = store.prune(age, dry_run=dry_run, vacuum=vacuum)
+    finally:
+        store.dispose()
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    _print_report(report)
+
+
+def _print_report(report) -> None:  # noqa: ANN001
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    verb = "would delete" if report.dry_run else "deleted"
+    table = Table(title=f"runs last updated before {report.cutoff:%Y-%m-%d %H:%M} UTC", box=box.SIMPLE)
+    for name in ("project", "run", "status", "updated", "points", "ingest batches"):
+        table.add_column(name, justify="right" if name in ("points", "ingest batches") else "left")
+    for r in report.runs:
+        table.add_row(
+            r.project,
+            r.run_id,
+            r.status,
+            f"{r.updated_at:%Y-%m-%d}",
+            f"{r.points:,}",
+            f"{r.ingest_batches:,}",
+        )
+    console = Console(width=120)
+    if report.runs:
+        console.print(table)
+    counts = f"{report.points:,} points, {report.ingest_batches:,} ingest batches"
+    line = f"{verb}: {counts} in {len(report.runs)} runs"
+    console.print(line + (" (dry run: nothing changed)" if report.dry_run else ""))
+    if report.db_bytes_before is not None:
+        console.print(f"database: {report.db_bytes_before:,} bytes before, {report.db_bytes_after:,} after")
+        if not report.dry_run and not report.vacuumed:
+            console.print("the SQLite file keeps its size until VACUUM: pass --vacuum (docs/retention.md)")

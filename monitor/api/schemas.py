@@ -66,6 +66,11 @@ class SeriesOut(BaseModel):
     to: int | None
     bucket_width: int = Field(description="Steps per bucket; 1 means raw values, no downsampling.")
     downsampled: bool
+    pruned: bool = Field(
+        default=False,
+        description="The run's raw points were dropped by retention (stabmon db prune): buckets are "
+        "whole 16-step chunk summaries at any max_points (bucket_width >= 16).",
+    )
     series: dict[str, SeriesData]
 
 

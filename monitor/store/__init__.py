@@ -4,6 +4,7 @@ PostgreSQL chosen by URL. See :mod:`monitor.store.models` for the schema and
 
 from monitor.store.errors import Conflict, LimitExceeded, NotFound, StoreError
 from monitor.store.points import SeriesInfo, WriteResult
+from monitor.store.retention import PrunedRun, PruneReport
 from monitor.store.series import Buckets, SeriesResult
 from monitor.store.store import MetricRow, MetricsSnapshot, Store
 from monitor.store.tokens import Project, TokenInfo
@@ -18,6 +19,8 @@ __all__ = [
     "MetricsSnapshot",
     "NotFound",
     "Project",
+    "PruneReport",
+    "PrunedRun",
     "SeriesInfo",
     "SeriesResult",
     "Store",

@@ -91,6 +91,9 @@ runs = Table(
     # config["detector"] to the end, whatever changes later. NULL for runs registered before
     # migration 0008, which are judged by their own overrides only, as they were.
     Column("detector_layers", JSON, nullable=True),
+    # When ``stabmon db prune`` dropped the run's raw points (NULL: never). Series reads of a
+    # pruned run answer from the rollups (16-step chunk summaries); see monitor.store.retention.
+    Column("points_pruned_at", TS, nullable=True),
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
     Index("ix_runs_project_created", "project_id", "created_at"),

@@ -51,6 +51,9 @@ class SeriesResult:
     to_step: int | None
     bucket_width: int
     series: dict[str, Buckets]
+    pruned: bool = False
+    """The run's raw points were dropped (``stabmon db prune``): the answer comes from the
+    16-step chunk summaries, so ``bucket_width`` is at least ``ROLLUP_STEPS``."""
 
 
 def _agg_sql(dialect: str) -> str:
@@ -96,6 +99,10 @@ class SeriesMixin:
         max_points = min(max_points, MAX_MAX_POINTS)
         with self._read() as conn:
             run = self._check_run(conn, project_id, run_id)
+            pruned = (
+                conn.execute(select(m.runs.c.points_pruned_at).where(m.runs.c.id == run.pk)).scalar()
+                is not None
+            )
             ids = dict(
                 conn.execute(
                     select(m.series.c.id, m.series.c.key).where(
@@ -108,15 +115,16 @@ class SeriesMixin:
             out = {k: Buckets() for k in keys}
             lo, hi = from_step, to_step
             if ids and (lo is None or hi is None):
-                emin, emax = self._extent(conn, list(ids), rank, lo, hi)
+                extent = self._rollup_extent if pruned else self._extent
+                emin, emax = extent(conn, list(ids), rank, lo, hi)
                 lo = emin if lo is None else lo
                 hi = emax if hi is None else hi
             if not ids or lo is None or hi is None or hi < lo:
-                return SeriesResult(rank, lo, hi, 1, out)
+                return SeriesResult(rank, lo, hi, 1, out, pruned)
             width = max(1, math.ceil((hi - lo + 1) / max_points))
-            if width == 1:
+            if width == 1 and not pruned:
                 self._raw(conn, ids, out, rank, lo, hi)
-            elif width < m.ROLLUP_STEPS:
+            elif width < m.ROLLUP_STEPS and not pruned:
                 self._aggregated(conn, ids, out, rank, lo, hi, width)
             else:
                 # Whole chunks: align the range outward and the width up to ROLLUP_STEPS.
@@ -126,7 +134,7 @@ class SeriesMixin:
                 while math.ceil((hi - lo + 1) / width) > max_points:
                     width += c
                 self._from_rollups(conn, ids, out, rank, lo, hi, width)
-        return SeriesResult(rank, lo, hi, width, out)
+        return SeriesResult(rank, lo, hi, width, out, pruned)
 
     @staticmethod
     def _extent(conn: Connection, sids: list[int], rank: int, lo, hi):  # noqa: ANN001, ANN205
@@ -148,6 +156,19 @@ class SeriesMixin:
         ]
         sub = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
         return conn.execute(select(func.min(sub.c.a), func.max(sub.c.b))).one()
+
+    @staticmethod
+    def _rollup_extent(conn: Connection, sids: list[int], rank: int, lo, hi):  # noqa: ANN001, ANN205
+        """:meth:`_extent` of a pruned run, from its rollups: (first chunk's first step, last
+        step) among ``sids`` within the given bounds (widened to whole chunks)."""
+        c, ru = m.ROLLUP_STEPS, m.rollups.c
+        bounds = [ru.series_id.in_(sids), ru.rank == rank]
+        if lo is not None:
+            bounds.append(ru.chunk >= lo // c)
+        if hi is not None:
+            bounds.append(ru.chunk <= hi // c)
+        first, last = conn.execute(select(func.min(ru.chunk), func.max(ru.last_step)).where(*bounds)).one()
+        return (None if first is None else first * c), last
 
     @staticmethod
     def _raw(conn: Connection, ids: dict[int, str], out: dict[str, Buckets], rank, lo, hi) -> None:  # noqa: ANN001

@@ -24,6 +24,7 @@ from monitor.store.engine import WRITE_OPTION, make_engine
 from monitor.store.outbox import SqlOutbox
 from monitor.store.points import PointsMixin
 from monitor.store.projects import ProjectsMixin
+from monitor.store.retention import RetentionMixin
 from monitor.store.runs import RunsMixin
 from monitor.store.series import SeriesMixin
 from monitor.store.tokens import TokensMixin
@@ -53,7 +54,9 @@ DEFAULT_MAX_SERIES_PER_RUN = 10_000
 READY_PROBE_LOCK_MS = 2000
 
 
-class Store(RunsMixin, ProjectsMixin, TokensMixin, PointsMixin, SeriesMixin, AlertsMixin, UnitMixin):
+class Store(
+    RunsMixin, ProjectsMixin, TokensMixin, PointsMixin, SeriesMixin, AlertsMixin, UnitMixin, RetentionMixin
+):
     def __init__(
         self,
         url: str,

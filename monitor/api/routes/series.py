@@ -97,5 +97,6 @@ def read_series(
         to=res.to_step,
         bucket_width=res.bucket_width,
         downsampled=res.bucket_width > 1,
+        pruned=res.pruned,
         series=series,
     )

@@ -25,18 +25,17 @@ run stays the caller's: :meth:`close` drains the queue but does not ``finish`` i
 
 from __future__ import annotations
 
-import collections
 import logging
-import threading
-import time
 from typing import Any
+
+from trainer_hooks.integrations.background import BackgroundWriter
 
 log = logging.getLogger("stabmon.integrations")
 
 _LEVELS = {"warning": "WARN", "critical": "ERROR"}
 
 
-class WandbSink:
+class WandbSink(BackgroundWriter):
     """Logs each record's values to a W&B run under ``prefix`` (see the module docstring)."""
 
     def __init__(
@@ -48,8 +47,7 @@ class WandbSink:
         alerts_from: Any = None,
         max_queue: int = 10_000,
     ) -> None:
-        if max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        super().__init__(max_queue, "stabmon-wandb")
         if run is None:
             try:
                 import wandb
@@ -62,18 +60,11 @@ class WandbSink:
         self.prefix = prefix
         self.alerts_enabled = alerts
         self.alerts_from = alerts_from
-        self.dropped = 0
-        self.written = 0
         self.alerts_sent = 0
         self._step_key = f"{prefix}step"
-        self._queue: collections.deque = collections.deque(maxlen=max_queue)
-        self._lock = threading.Condition()
-        self._queued = 0
         self._seen: set[tuple[int, str]] = set()
-        self._closed = False
         run.define_metric(self._step_key)
         run.define_metric(f"{prefix}*", step_metric=self._step_key)
-        self._thread = threading.Thread(target=self._loop, name="stabmon-wandb", daemon=True)
         self._thread.start()
 
     # -- the Sink interface ----------------------------------------------------------------
@@ -89,58 +80,23 @@ class WandbSink:
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every queued item is handed to W&B (at most ``timeout`` s)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            target = self._queued
-            while self.written + self.dropped < target and self._thread.is_alive():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._lock.wait(left)
+        self._wait_handled(timeout)
 
     def close(self) -> None:
         """Hand over what is queued, stop the thread; later writes are ignored. Idempotent. The
         W&B run is not finished: it is the caller's."""
-        if self._closed:
-            return
-        self.flush(timeout=30.0)
-        with self._lock:
-            self._closed = True
-            self._lock.notify_all()
-        self._thread.join(timeout=5.0)
+        self._stop()
 
     # -- internals -------------------------------------------------------------------------
-    def _put(self, item: tuple[str, Any]) -> None:
-        if self._closed:
-            return
-        with self._lock:
-            if len(self._queue) == self._queue.maxlen:
-                self.dropped += 1  # deque(maxlen) drops the oldest on append
-            self._queue.append(item)
-            self._queued += 1
-            self._lock.notify()
-
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._queue and not self._closed:
-                    self._lock.wait()
-                if not self._queue and self._closed:
-                    return
-                kind, item = self._queue.popleft()
-            try:
-                if kind == "record":
-                    self._log(item)
-                    if self.alerts_from is not None and self.alerts_enabled:
-                        for a in getattr(self.alerts_from, "alerts", ()):
-                            self._alert(a)
-                else:
-                    self._alert(item)
-            except Exception:
-                log.exception("WandbSink: handing a %s to W&B failed", kind)
-            with self._lock:
-                self.written += 1
-                self._lock.notify_all()
+    def _handle(self, item: tuple[str, Any]) -> None:
+        kind, payload = item
+        if kind == "record":
+            self._log(payload)
+            if self.alerts_from is not None and self.alerts_enabled:
+                for a in getattr(self.alerts_from, "alerts", ()):
+                    self._alert(a)
+        else:
+            self._alert(payload)
 
     def _log(self, record: dict) -> None:
         rank = int(record.get("rank", 0))

@@ -54,3 +54,77 @@ def test_run_reads_mechanism_and_incident_step(tmp_path):
     assert (run.mechanism, run.incident_step, run.lead_from, run.control_of) == ("lr-spike", 20, 20, ())
     old = Run("y", "baseline", 0.1, 0, 3, 40, [3.0] * 40, [1.0] * 40, [])
     assert old.mechanism is None and old.lead_from is None
+
+
+def test_grid_gives_every_mechanism_matched_controls_and_three_seeds():
+    from bench.corpus_v2 import CONTROL, MECHANISMS, grid
+
+    for preset in ("tiny", "small"):
+        cells = grid(preset)
+        names = [c.name for c in cells]
+        assert len(names) == len(set(names))
+        controls = [c for c in cells if c.mechanism == CONTROL]
+        for mech in MECHANISMS:
+            treated = [c for c in cells if c.mechanism == mech]
+            assert len({c.seed for c in treated}) >= 3, (preset, mech)
+            matched = [c for c in controls if mech in c.control_of]
+            assert matched, (preset, mech)
+            for c in treated:  # a control at the same schedule, variant and seed
+                assert any((m.steps, m.warmup, m.variant, m.seed) == (c.steps, c.warmup, c.variant, c.seed)
+                           for m in matched)  # fmt: skip
+        assert all(c.incident_step is None and c.control_of for c in controls)
+        for c in cells:
+            if c.mechanism in ("lr-spike", "corrupt-random", "corrupt-repeat", "grad-scale", "beta2-switch"):
+                assert c.incident_step is not None and 50 <= c.incident_step < c.steps - 100
+                assert any(m.lr == c.lr for m in controls if c.mechanism in m.control_of)
+    # one shared control per (variant, seed) for the four incidents, not four copies
+    shared = [c for c in grid("tiny", seeds=(0,)) if "lr-spike" in c.control_of]
+    assert len(shared) == 1 and set(shared[0].control_of) == {
+        "lr-spike", "corrupt-random", "corrupt-repeat", "grad-scale"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="unknown mechanisms"):
+        grid("tiny", mechanisms=["nope"])
+
+
+@pytest.mark.slow
+def test_tiny_v2_corpus_builds_resumes_and_scores_end_to_end(tmp_path, capsys):
+    """A handful of tiny runs (an LR spike x100 and x30 with their shared control, one seed)."""
+    from bench.corpus_v2_score import main
+
+    argv = [
+        "--root",
+        str(tmp_path),
+        "--preset",
+        "tiny",
+        "--seeds",
+        "0",
+        "--mechanisms",
+        "lr-spike",
+        "--jobs",
+        "2",
+    ]
+    result = main(argv)
+    out = tmp_path / "v2" / "tiny"
+    runs = sorted(p.name for p in (out / "runs").glob("*.json"))
+    assert len(runs) == 3 and result["runs"] == 3
+    by_name = {r["name"]: r for r in result["per_run"]}
+    spike = by_name["lr-spike-baseline-lr0.03-n300w30-lr_spike150-x100-3-s0"]
+    assert spike["mechanism"] == "lr-spike" and spike["incident_step"] == 150
+    assert spike["outcome"] == "diverged" and spike["onset"] >= spike["incident_step"]
+    control = by_name["control-baseline-lr0.03-n300w30-s0"]
+    assert control["incident_step"] is None and control["outcome"] != "diverged"
+    detail = json.loads((out / "runs" / "control-baseline-lr0.03-n300w30-s0.json").read_text())
+    assert set(detail["control_of"]) == {"lr-spike"} and detail["mechanism"] == "control"
+    (row,) = result["by_mechanism"]
+    assert row["mechanism"] == "lr-spike" and row["runs"] == 2 and row["controls"] == 1
+    assert 0 <= (row["before_decision_wilson95"] or 0) <= row["before_decision"] / max(row["diverged"], 1)
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels["machine"]["torch"] and labels["machine"]["cpu_count"]
+    assert labels["labels"][spike["name"]]["outcome"] == "diverged"
+    md = (out / "detection_v2.md").read_text()
+    assert "| lr-spike |" in md and "95% lower bound" in md
+    # resumable: a rerun trains nothing and scores the same
+    mtimes = {p: p.stat().st_mtime for p in (out / "runs").glob("*.json")}
+    again = main(argv)
+    assert {p: p.stat().st_mtime for p in (out / "runs").glob("*.json")} == mtimes
+    assert again["per_run"] == result["per_run"]

@@ -128,3 +128,20 @@ def test_tiny_v2_corpus_builds_resumes_and_scores_end_to_end(tmp_path, capsys):
     again = main(argv)
     assert {p: p.stat().st_mtime for p in (out / "runs").glob("*.json")} == mtimes
     assert again["per_run"] == result["per_run"]
+
+
+def test_gpu_detection_help_and_refusal_without_cuda(tmp_path, capsys):
+    import torch
+
+    from bench import gpu_detection
+
+    with pytest.raises(SystemExit) as exit_help:
+        gpu_detection.main(["--help"])
+    assert exit_help.value.code == 0 and "--budget-s" in capsys.readouterr().out
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the refusal is for machines without one")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        gpu_detection.main([str(tmp_path / "gpu")])
+    assert not (tmp_path / "gpu").exists()
+    spec = gpu_detection.gpu_spec(1000)
+    assert spec.steps >= 1000 and 50 <= spec.at < spec.steps - 100

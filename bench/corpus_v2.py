@@ -21,7 +21,8 @@ incident's or the data switch's step; None for controls and the edge mechanisms)
 ``control_of`` (the mechanisms a control is matched to). Lead times and recall are measured from
 ``incident_step`` when there is one (`stabmon.scoring.lead_reference`), the onset otherwise.
 Runs are resumable (a finished run is one whose JSON exists) and run ``--jobs`` at a time, one
-torch thread each; ``manifest.json`` records the machine and torch version that trained them.
+torch thread each; ``manifest.json`` records the machine and torch version of each build, and
+``labels.json`` (written when scoring) stores them next to the labels.
 
     .venv/bin/python bench/detection.py --corpus v2 [--preset tiny] [--jobs 2] [--reuse]
 """
@@ -281,30 +282,47 @@ def _init_worker() -> None:
 
 def build(cells: Sequence[V2Cell], out: str | Path, preset: str, jobs: int = 2, device: str = "cpu",
           deadline: float | None = None) -> list[str]:  # fmt: skip
-    """Train every unfinished cell (``jobs`` processes); skip finished ones; write the manifest.
-    With ``deadline`` (a `time.monotonic` value) no cell starts after it. Returns the names run."""
+    """Train every unfinished cell (``jobs`` processes); skip finished ones. Appends this build
+    (its machine, torch version, the runs it trained) to ``manifest.json``, so a corpus resumed on
+    another machine says which runs came from where. With ``deadline`` (a `time.monotonic`
+    value) no cell starts after it. A cell that fails is reported and left for a rerun. Returns
+    the names trained."""
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    manifest = {"preset": preset, "machine": machine(), "cells": [c.name for c in cells]}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {"preset": preset, "builds": []}
+    manifest["cells"] = [c.name for c in cells]
+    entry: dict[str, Any] = {"machine": machine(), "device": device, "started": time.time(), "trained": []}
+    manifest.setdefault("builds", []).append(entry)
     todo = [c for c in cells if not (out / "runs" / f"{c.name}.json").exists()]
-    done: list[str] = []
+    done, failed = entry["trained"], []
 
     def report(d: dict[str, Any]) -> None:
         done.append(d["name"])
+        path.write_text(json.dumps(manifest, indent=1))
         print(f"  [{len(done)}/{len(todo)}] {d['name']}: {d['outcome']} ({d['wall_s']:.0f}s)", flush=True)
 
+    path.write_text(json.dumps(manifest, indent=1))
     if jobs <= 1 or len(todo) <= 1:
-        for c in todo:
-            if deadline is None or time.monotonic() < deadline:
-                report(run_cell(c, str(out), preset, device))
+        results = (_run_before(c, str(out), preset, device, deadline) for c in todo)
+        for d in results:
+            if d is not None:
+                report(d)
         return done
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker) as pool:
-        futures = [pool.submit(_run_before, c, str(out), preset, device, deadline) for c in todo]
+        futures = {pool.submit(_run_before, c, str(out), preset, device, deadline): c for c in todo}
         for fut in as_completed(futures):
-            if (d := fut.result()) is not None:
+            try:
+                d = fut.result()
+            except Exception as e:  # one bad cell must not lose the others; a rerun retries it
+                print(f"  {futures[fut].name} failed: {e!r}", flush=True)
+                failed.append(futures[fut].name)
+                continue
+            if d is not None:
                 report(d)
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun to retry them")
     return done
 
 

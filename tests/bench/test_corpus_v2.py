@@ -119,7 +119,8 @@ def test_tiny_v2_corpus_builds_resumes_and_scores_end_to_end(tmp_path, capsys):
     assert row["mechanism"] == "lr-spike" and row["runs"] == 2 and row["controls"] == 1
     assert 0 <= (row["before_decision_wilson95"] or 0) <= row["before_decision"] / max(row["diverged"], 1)
     labels = json.loads((out / "labels.json").read_text())
-    assert labels["machine"]["torch"] and labels["machine"]["cpu_count"]
+    (build,) = labels["builds"]
+    assert build["machine"]["torch"] and build["machine"]["cpu_count"] and len(build["trained"]) == 3
     assert labels["labels"][spike["name"]]["outcome"] == "diverged"
     md = (out / "detection_v2.md").read_text()
     assert "| lr-spike |" in md and "95% lower bound" in md
@@ -128,6 +129,8 @@ def test_tiny_v2_corpus_builds_resumes_and_scores_end_to_end(tmp_path, capsys):
     again = main(argv)
     assert {p: p.stat().st_mtime for p in (out / "runs").glob("*.json")} == mtimes
     assert again["per_run"] == result["per_run"]
+    builds = json.loads((out / "labels.json").read_text())["builds"]
+    assert len(builds) == 2 and builds[1]["trained"] == []
 
 
 def test_gpu_detection_help_and_refusal_without_cuda(tmp_path, capsys):

@@ -148,3 +148,60 @@ def test_gpu_detection_help_and_refusal_without_cuda(tmp_path, capsys):
     assert not (tmp_path / "gpu").exists()
     spec = gpu_detection.gpu_spec(1000)
     assert spec.steps >= 1000 and 50 <= spec.at < spec.steps - 100
+
+
+def _run(name, mechanism, outcome, onset=None, decided=None, incident=None, control_of=()):
+    return Run(name, "baseline", 0.03, 0, 30, 300, [3.0] * 300, [1.0] * 300, [], diverged_at=onset,
+               decided_at=decided, outcome=outcome, mechanism=mechanism, incident_step=incident,
+               control_of=control_of)  # fmt: skip
+
+
+def test_mechanism_row_scores_treated_runs_against_their_matched_stable_controls():
+    from bench.corpus_v2_score import lr_range_markdown, mechanism_markdown, mechanism_table
+
+    runs = [
+        _run("a", "lr-spike", "diverged", 151, 251, incident=150),  # alerted 2 steps after
+        _run("b", "lr-spike", "diverged", 150, 250, incident=150),  # alerted at the incident
+        _run("c", "lr-spike", "diverged", 160, 260, incident=150),  # alerted after the decision
+        _run("d", "lr-spike", "transient", incident=150),
+        _run("e", "lr-spike", "stable", incident=150),  # absorbed: not a negative
+        _run("k1", "control", "stable", control_of=("lr-spike", "grad-scale")),
+        _run("k2", "control", "stable", control_of=("lr-spike",)),
+        _run("k3", "control", "undetermined", control_of=("lr-spike",)),
+        _run("x", "edge-baseline", "diverged", 20, 120),
+        _run("k4", "control", "stable", control_of=("edge-baseline",)),
+    ]
+    first = {
+        "a": 152,
+        "b": 150,
+        "c": 300,
+        "d": 155,
+        "e": 151,
+        "k1": 40,
+        "k2": None,
+        "k3": 10,
+        "x": 5,
+        "k4": None,
+    }
+    rows = {r["mechanism"]: r for r in mechanism_table(runs, first)}
+    assert list(rows) == ["edge-baseline", "lr-spike"]  # in MECHANISMS order, only those present
+    spike = rows["lr-spike"]
+    assert (spike["runs"], spike["diverged"], spike["diverged_onset_ge_min"]) == (5, 3, 3)
+    assert spike["before_decision"] == 2 and spike["alert_le_start"] == 1
+    assert spike["before_decision_wilson95"] == pytest.approx(wilson_lower(2, 3))
+    assert spike["lead_median"] == -2  # leads from the incident: -2, 0, -150
+    assert (spike["controls"], spike["controls_stable"], spike["false_alarms"]) == (3, 2, 1)
+    assert spike["false_alarms_per_50"] == 25.0
+    assert (spike["transient"], spike["transient_alerted"], spike["absorbed"]) == (1, 1, 1)
+    edge = rows["edge-baseline"]
+    assert edge["diverged_onset_ge_min"] == 0 and edge["lead_median"] == 15 and edge["false_alarms"] == 0
+    md = mechanism_markdown(list(rows.values()))
+    assert "| lr-spike | 5 | 3 (3) | 2/3 (67%) |" in md and "| 1/2 (25.0) |" in md
+    lr_range = [
+        _run("r1", None, "diverged", 40, 140),
+        _run("r2", None, "diverged", 40, 140),
+        _run("r3", None, "stable"),
+    ]
+    assert "| stabmon (defaults) | 2 | 1/2 (50%) |" in lr_range_markdown(
+        lr_range, {"r1": 100, "r2": 150, "r3": 1}
+    )

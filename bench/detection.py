@@ -21,10 +21,8 @@ only the prefix, one step at a time (`bench.detection_metrics`). It then
 
     .venv/bin/python bench/detection.py [--reuse] [--preset small --steps 300] [--jobs 2]
         [--root out/corpus] [--img docs/img]
-    .venv/bin/python bench/detection.py --corpus v2 [--preset tiny] [--jobs 2] [--reuse]
-
-These grids are the "LR range test"; ``--corpus v2`` (first) builds and scores corpus v2 instead
-(`bench.corpus_v2`: mechanisms at a fixed peak LR, with matched controls).
+    .venv/bin/python bench/detection.py --corpus v2 [--preset tiny] [--jobs 2] [--reuse]  # not
+        these "LR range test" grids: corpus v2 (`bench.corpus_v2`), mechanisms with controls
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ only the prefix, one step at a time (`bench.detection_metrics`). It then
 
     .venv/bin/python bench/detection.py [--reuse] [--preset small --steps 300] [--jobs 2]
         [--root out/corpus] [--img docs/img]
+    .venv/bin/python bench/detection.py --corpus v2 [--preset tiny] [--jobs 2] [--reuse]  # not
+        these "LR range test" grids: corpus v2 (`bench.corpus_v2`), mechanisms with controls
 """
 
 from __future__ import annotations
@@ -279,7 +281,13 @@ def plot_timeline(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["--corpus", "v2"]:  # corpus v2: mechanisms with matched controls
+        from bench.corpus_v2_score import main as main_v2
+
+        return main_v2(argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--corpus", choices=("lr-range",), default="lr-range", help="Or, first, `--corpus v2`.")
     p.add_argument("--root", default="out/corpus", help="Corpus directory (git-ignored).")
     p.add_argument("--reuse", action="store_true", help="Score the runs already there; train nothing.")
     p.add_argument("--jobs", type=int, default=2)

@@ -57,6 +57,19 @@ class Run:
     ``diverged_at``. Transient and undetermined runs are neither positives nor negatives."""
     kind: str | None = None
     """The divergence's kind (`stabmon.divergence.KINDS`)."""
+    mechanism: str | None = None
+    """Corpus v2 (`bench.corpus_v2`): the mechanism the run was built to show, ``control`` for a
+    matched stable control; None for the LR-range grids."""
+    incident_step: int | None = None
+    """The step an injected incident (or a data switch) began; None where nothing was injected."""
+    control_of: tuple[str, ...] = ()
+    """The mechanisms a control run is the matched stable run of."""
+
+    @property
+    def lead_from(self) -> int | None:
+        """Leads and recall are measured from the incident's step when there is one
+        (`stabmon.scoring.lead_reference`), the label's onset otherwise."""
+        return self.incident_step
 
     def __post_init__(self) -> None:
         if self.outcome is None:
@@ -99,6 +112,9 @@ def load_run(result_json: str | Path) -> Run:
         val_loss=d.get("val_loss"),
         outcome=label.outcome,
         kind=label.kind,
+        mechanism=d.get("mechanism"),
+        incident_step=d.get("incident_step"),
+        control_of=tuple(d.get("control_of") or ()),
     )
 
 

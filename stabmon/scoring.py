@@ -47,6 +47,27 @@ class Labelled(Protocol):
     decided_at: int | None
 
 
+def lead_reference(run: Labelled) -> int | None:
+    """The step leads (and recall) are measured from: the run's optional ``lead_from`` (the
+    known step where an injected incident began), else its divergence onset ``diverged_at``."""
+    ref = getattr(run, "lead_from", None)
+    return run.diverged_at if ref is None else ref
+
+
+def wilson_lower(k: int, n: int, z: float = 1.96) -> float | None:
+    """The lower end of the Wilson score interval of a proportion ``k / n`` (z = 1.96: 95%);
+    None for n = 0. Unlike ``k / n - z * se`` it stays in [0, 1] and is not 0-width at k = n."""
+    if n <= 0:
+        return None
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - margin) / denom)
+
+
 @dataclass(frozen=True)
 class FirstFindings:
     """The first finding of any severity and the first critical one of one run (None: none)."""
@@ -151,14 +172,18 @@ def score(runs: Sequence[Labelled], first: Steps) -> dict[str, Any]:
       in ``transient_alerted``: neither a false alarm nor a catch; undetermined runs not at all);
     - lead time = divergence step - alert step over the diverging runs alerted at all (negative:
       late), median and 10th percentile, in steps and as a fraction of the steps before divergence.
+
+    A run with a ``lead_from`` step (an injected incident's) has recall and lead measured from
+    that step instead of its onset (:func:`lead_reference`); runs without one score as before.
     """
     pos = [r for r in runs if r.diverged_at is not None]
     neg = [r for r in runs if _outcome(r) == "stable"]
     transient = [r for r in runs if _outcome(r) == "transient"]
     alerted = [r for r in pos if first.get(r.name) is not None]
-    leads = [r.diverged_at - first[r.name] for r in alerted]
-    fracs = [(r.diverged_at - first[r.name]) / max(r.diverged_at, 1) for r in alerted]
-    early = [r for r in alerted if first[r.name] <= r.diverged_at]
+    ref = {r.name: lead_reference(r) for r in pos}
+    leads = [ref[r.name] - first[r.name] for r in alerted]
+    fracs = [(ref[r.name] - first[r.name]) / max(ref[r.name], 1) for r in alerted]
+    early = [r for r in alerted if first[r.name] <= ref[r.name]]
     before_decided = [r for r in alerted if first[r.name] < (r.decided_at if r.decided_at is not None else 0)]
     fa = [r for r in neg if first.get(r.name) is not None]
     return {
@@ -174,7 +199,7 @@ def score(runs: Sequence[Labelled], first: Steps) -> dict[str, Any]:
         "lead_p10": _pct(leads, 0.1),
         "lead_frac_median": statistics.median(fracs) if fracs else None,
         "lead_frac_p10": _pct(fracs, 0.1),
-        "misses": sorted(r.name for r in pos if first.get(r.name) is None or first[r.name] > r.diverged_at),
+        "misses": sorted(r.name for r in pos if first.get(r.name) is None or first[r.name] > ref[r.name]),
         "false_alarm_runs": sorted(r.name for r in fa),
         "transient": len(transient),
         "transient_alerted": sum(first.get(r.name) is not None for r in transient),

@@ -6,7 +6,8 @@ stability" (arXiv 2410.16682). `VARIANTS` spells out, per variant, which LayerNo
 whether attention logits are soft-capped, so the model resolves a variant once, in its
 constructor, by reading a `VariantSpec`. `preset(name)` returns the model config of a named
 size together with the training defaults that go with it (`preset_defaults(name)`):
-``tiny`` for tests, ``small`` for the demo and the CPU experiments, ``medium`` for a GPU.
+``tiny`` for tests, ``small`` for the demo and the CPU experiments, ``base`` (~25M parameters)
+and ``medium`` for a GPU.
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(
         GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=96),
         TrainDefaults(batch_size=16, steps=300, lr=3e-3, warmup=30, eval_every=100, eval_batches=8),
+    ),
+    # ~25M parameters, for a GPU corpus (`bench/gpu_detection.py`): under bf16 autocast a
+    # 1000-step run at batch 32 x 256 tokens is meant to take about a minute on one H100.
+    "base": Preset(
+        GPTConfig(block_size=256, n_layer=8, n_head=8, n_embd=512),
+        TrainDefaults(batch_size=32, steps=1000, lr=1e-3, warmup=50, eval_every=250, eval_batches=8),
     ),
     # GPT-2 small shape, for a GPU.
     "medium": Preset(

@@ -1,11 +1,13 @@
 """Hooks under FSDP2 (``fully_shard``): two CPU processes (gloo) against the unsharded model.
 
 Each rank shards the same model (every block, then the root: DTensor parameters, gradients and
-AdamW state), attaches a reducing monitor through `MonitoredRun` (the callbacks' stop handshake)
-and a per-rank one, and trains on its half of a batch. A single process trains the same model
+AdamW state), attaches a reducing monitor and a per-rank one (through `MonitoredRun`, whose stop
+handshake the callbacks use; it is handed ``clip_grad_norm_``'s DTensor norm), and trains on its
+half of a batch. A single process trains the same model
 unsharded on the whole batch: the gradient, parameter and update statistics of both FSDP2
 records must equal its own (FSDP2 averages gradients over ranks as the mean loss over the whole
 batch does). Rank 0's sink raises a critical alert at ``ALERT_AT``; both ranks must stop there.
+docs/integrations.md copies the sharding and ``attach`` lines (``tests/integrations/test_docs.py``).
 """
 
 import json
@@ -15,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.fsdp import fully_shard
 
 from stabmon.net import free_port
 from tests.integrations._tiny import critical_alert
@@ -29,15 +32,10 @@ WORLD = 2
 STEPS = 5
 ALERT_AT = 2
 PARAM_STATS = ("grad_norm", "param_norm", "update_rms", "update_ratio")
-fsdp = pytest.importorskip("torch.distributed.fsdp")
 
 
 def _batch(step: int) -> torch.Tensor:
     return torch.randint(0, 64, (2 * WORLD, 12), generator=torch.Generator().manual_seed(step))
-
-
-def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
 
 
 class AlertingSink(ListSink):
@@ -57,31 +55,31 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
+        sink, per_rank = AlertingSink(), ListSink()
         model = nano(seed=0)
         for block in model.transformer.h:
-            fsdp.fully_shard(block)
-        fsdp.fully_shard(model)
-        opt = _optimizer(model)
-        sink, per_rank = AlertingSink(), ListSink()
-        run = MonitoredRun(
-            sink=sink, on_alert="stop", attach_options={"optimizer": opt, "update_stats": True}
-        )
-        sink.on_alert = run.alerts
-        mon = run.start(model, name="fsdp2", config={}, start_step=0)
-        local = attach(model, sink=per_rank, optimizer=opt, update_stats=True)
+            fully_shard(block)
+        fully_shard(model)  # FSDP2: DTensor parameters; attach after sharding
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        mon = attach(model, sink=sink, optimizer=opt, reduce=True, update_stats=True)
+        options = {"optimizer": opt, "update_stats": True, "reduce": False}
+        run = MonitoredRun(sink=per_rank, on_alert="stop", attach_options=options)
+        local = run.start(model, name="fsdp2", config={}, start_step=0)
+        sink.on_alert = run.alerts if rank == 0 else None  # rank 0 alone hears alerts
         stopped = None
         for step in range(STEPS):
             idx = _batch(step)[2 * rank : 2 * rank + 2]  # this rank's half of the batch
             loss = loss_of(model, idx)
             loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)  # a DTensor
             opt.step()
             opt.zero_grad()
             mon.step(loss=loss)
-            local.step(loss=loss)
+            local.step(loss=loss, grad_norm=norm)
             if run.stop_agreed(step):
                 stopped = step
                 break
-        local.remove()
+        mon.remove()
         run.finish()
         out = {"reduced": sink.records, "local": per_rank.records, "stopped": stopped}
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
@@ -92,7 +90,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 def _unsharded(steps: int) -> list[dict]:
     model = nano(seed=0)
-    opt = _optimizer(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     sink = ListSink()
     with attach(model, sink=sink, optimizer=opt, update_stats=True) as mon:
         for step in range(steps):

@@ -304,6 +304,8 @@ class Monitor:
                         f"step({key}=...): expected a number or a one-element tensor, "
                         f"got a tensor of shape {tuple(value.shape)}"
                     )
+                if is_dtensor(value):  # FSDP2's clip_grad_norm_: replicated, read without communication
+                    value = value.full_tensor()
                 dev_keys.append(key)
                 dev_vals.append(value.detach().reshape(1).to(torch.float32))
             else:

@@ -131,3 +131,49 @@ def test_fsdp2_statistics_equal_the_unsharded_model_and_both_ranks_stop_together
             vals = [r[key] for r in ranks]
             expected = max(vals) if kind_of(key.rsplit(".", 1)[-1]) == MAX else sum(vals) / WORLD
             assert reduced[s][key] == pytest.approx(expected, rel=1e-6), key
+
+
+def _hsdp_worker(rank: int, port: int, out_dir: str) -> None:
+    """HSDP on a (replicate=2, shard=1) mesh: every element on both ranks, counted once."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        mesh = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("replicate", "shard"))
+        model = nano(seed=0)
+        for block in model.transformer.h:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        sink, per_rank = ListSink(), ListSink()
+        mon = attach(model, sink=sink, optimizer=opt, reduce=True, update_stats=True)
+        local = attach(model, sink=per_rank, optimizer=opt, update_stats=True)
+        for step in range(2):
+            loss = loss_of(model, _batch(step)[2 * rank : 2 * rank + 2])
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            mon.step(loss=loss)
+            local.step(loss=loss)
+        mon.remove()
+        local.remove()
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"reduced": sink.records, "local": per_rank.records}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+def test_hsdp_replicas_are_counted_once(tmp_path):
+    mp.spawn(_hsdp_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    got = [out[0]["reduced"], out[0]["local"], out[1]["local"]]
+    for s, want in enumerate(_unsharded(2)):
+        keys = [k for k in want if k.rsplit(".", 1)[-1] in PARAM_STATS]
+        assert len(keys) > 20
+        for records in got:
+            for key in keys:
+                assert records[s]["values"][key] == pytest.approx(want[key], rel=2e-4, abs=1e-6), (s, key)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from .accumulate import to_device
+
 
 def is_distributed() -> bool:
     import torch.distributed as dist
@@ -59,6 +61,22 @@ def replication(t: torch.Tensor, world: int) -> float:
         if placement.is_shard():
             shards *= t.device_mesh.size(dim)  # type: ignore[attr-defined]
     return max(1.0, world / shards)
+
+
+def share(t: torch.Tensor, world: int) -> float:
+    """The part of ``t``'s squared norm that this rank's copy adds to a sum over ranks: 1 / the
+    ranks holding each element (a plain tensor under FSDP2 is replicated on every rank)."""
+    return 1.0 / replication(t, world) if is_dtensor(t) else 1.0 / world
+
+
+def local_grads_sq(params: list[torch.Tensor], world: int) -> torch.Tensor | None:
+    """This rank's share of the summed squared norms of ``params``' gradients (0-d), or None."""
+    if not params:
+        return None
+    grads = [local(p.grad) for p in params]  # type: ignore[arg-type]
+    device = grads[0].device
+    sq = torch.stack([n.to(device, non_blocking=True) for n in torch._foreach_norm(grads)]).float().square_()
+    return (sq * to_device(torch.tensor([share(p, world) for p in params]), device)).sum()
 
 
 def sum_over_ranks(sums: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

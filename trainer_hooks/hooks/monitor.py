@@ -32,7 +32,7 @@ from stabmon.wire import Sink, is_valid_key
 
 from .accumulate import ROOT, HostTransfer, StepAccumulator, to_device
 from .discovery import NORM_SITES, OUTPUT_SITES, SiteRef
-from .distributed import is_dtensor, local, rank_and_world, reduce_step, sum_over_ranks
+from .distributed import is_dtensor, local_grads_sq, rank_and_world, reduce_step, sum_over_ranks
 from .param_stats import ParamStats, unwrap_optimizer
 from .site_hooks import SitePlan, site_compute
 
@@ -204,10 +204,10 @@ class Monitor:
             self._holds = (key, self._params.ids <= held)
         return self._holds[1]
 
-    def _grads_list(self, skip: frozenset[int] = frozenset()) -> list[torch.Tensor]:
+    def _with_grads(self, skip: frozenset[int] = frozenset()) -> list[torch.Tensor]:
         assert self.optimizer is not None
         return [
-            local(p.grad)
+            p
             for g in self.optimizer.param_groups
             for p in g["params"]
             if p.grad is not None and id(p) not in skip
@@ -217,21 +217,26 @@ class Monitor:
         """The L2 norm of every gradient the optimizer holds. ``monitored_sq`` is the sum of
         squares of the parameter statistics' gradients, already computed: only the others
         (embeddings, parameters outside any site) are reduced again. Sharded (FSDP2): this
-        rank's sum of squares, which :meth:`step` adds to the step as a root series."""
+        rank's share of the sum of squares, which :meth:`step` adds to the step as a root series."""
         skip: frozenset[int] = frozenset()
         if monitored_sq is not None and self._params is not None and self._optimizer_holds_params():
             skip = self._params.ids
         else:
             monitored_sq = None
-        grads = self._grads_list(skip)
-        root = (lambda sq: sq) if self._sharded else torch.sqrt
-        if not grads:
-            return root(monitored_sq) if monitored_sq is not None else None
+        params = self._with_grads(skip)
+        if self._sharded:
+            rest = local_grads_sq(params, self.world)
+            if rest is None or monitored_sq is None:
+                return rest if monitored_sq is None else monitored_sq
+            return monitored_sq + rest.to(monitored_sq.device, non_blocking=True)
+        if not params:
+            return monitored_sq.sqrt() if monitored_sq is not None else None
         # foreach norms grouped per device, combined on the first grad's device: no host sync.
+        grads = [p.grad for p in params]
         rest = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
         if monitored_sq is None:
-            return rest.square() if self._sharded else rest
-        return root(monitored_sq + rest.to(monitored_sq.device, non_blocking=True).square())
+            return rest
+        return (monitored_sq + rest.to(monitored_sq.device, non_blocking=True).square()).sqrt()
 
     # ------------------------------------------------------------------ step
     def step(

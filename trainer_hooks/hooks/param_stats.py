@@ -39,7 +39,7 @@ from stabmon.wire import layer_key, model_key
 
 from .accumulate import ROOT, StepAccumulator, to_device
 from .discovery import SiteRef
-from .distributed import is_dtensor, local, rank_and_world, replication
+from .distributed import is_dtensor, local, rank_and_world, share
 
 CHUNK_ELEMENTS = 1 << 26
 """At most this many parameter elements per foreach chunk (two float temporaries of this size)."""
@@ -98,7 +98,7 @@ class ParamStats:
         """Per parameter, 1 / the ranks holding each element (HSDP replicas); None when all 1."""
         if self.sharded:
             world = rank_and_world()[1]
-            w = [1.0 / replication(p, world) if is_dtensor(p) else 1.0 / world for p in self.params]
+            w = [share(p, world) for p in self.params]
             if any(x != 1.0 for x in w):
                 self.weights = to_device(torch.tensor(w), self.params[0].device)
         self.everything = tuple(range(len(self.params)))

@@ -32,8 +32,8 @@ from stabmon.wire import Sink, is_valid_key
 
 from .accumulate import ROOT, HostTransfer, StepAccumulator, to_device
 from .discovery import NORM_SITES, OUTPUT_SITES, SiteRef
-from .distributed import is_dtensor, local_grads_sq, rank_and_world, reduce_step, sum_over_ranks
-from .param_stats import ParamStats, unwrap_optimizer
+from .distributed import is_dtensor, rank_and_world, reduce_step, sum_over_ranks
+from .param_stats import ParamStats, grads_norm, unwrap_optimizer
 from .site_hooks import SitePlan, site_compute
 
 _UNSET = object()
@@ -204,39 +204,20 @@ class Monitor:
             self._holds = (key, self._params.ids <= held)
         return self._holds[1]
 
-    def _with_grads(self, skip: frozenset[int] = frozenset()) -> list[torch.Tensor]:
-        assert self.optimizer is not None
-        return [
-            p
-            for g in self.optimizer.param_groups
-            for p in g["params"]
-            if p.grad is not None and id(p) not in skip
-        ]
-
     def _grads_norm(self, monitored_sq: torch.Tensor | None = None) -> torch.Tensor | None:
         """The L2 norm of every gradient the optimizer holds. ``monitored_sq`` is the sum of
         squares of the parameter statistics' gradients, already computed: only the others
         (embeddings, parameters outside any site) are reduced again. Sharded (FSDP2): this
         rank's share of the sum of squares, which :meth:`step` adds to the step as a root series."""
+        assert self.optimizer is not None
         skip: frozenset[int] = frozenset()
         if monitored_sq is not None and self._params is not None and self._optimizer_holds_params():
             skip = self._params.ids
         else:
             monitored_sq = None
-        params = self._with_grads(skip)
-        if self._sharded:
-            rest = local_grads_sq(params, self.world)
-            if rest is None or monitored_sq is None:
-                return rest if monitored_sq is None else monitored_sq
-            return monitored_sq + rest.to(monitored_sq.device, non_blocking=True)
-        if not params:
-            return monitored_sq.sqrt() if monitored_sq is not None else None
-        # foreach norms grouped per device, combined on the first grad's device: no host sync.
-        grads = [p.grad for p in params]
-        rest = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
-        if monitored_sq is None:
-            return rest
-        return (monitored_sq + rest.to(monitored_sq.device, non_blocking=True).square()).sqrt()
+        groups = self.optimizer.param_groups
+        params = [p for g in groups for p in g["params"] if p.grad is not None and id(p) not in skip]
+        return grads_norm(params, monitored_sq, self._sharded, self.world)
 
     # ------------------------------------------------------------------ step
     def step(

@@ -39,7 +39,7 @@ from stabmon.wire import layer_key, model_key
 
 from .accumulate import ROOT, StepAccumulator, to_device
 from .discovery import SiteRef
-from .distributed import is_dtensor, local, rank_and_world, share
+from .distributed import is_dtensor, local, local_grads_sq, rank_and_world, share
 
 CHUNK_ELEMENTS = 1 << 26
 """At most this many parameter elements per foreach chunk (two float temporaries of this size)."""
@@ -311,6 +311,26 @@ class ParamStats:
             u = torch._foreach_div(m, d)
         upd_sq = self._stack_sq(torch._foreach_norm(u), device) * (factor * factor)
         return rms_sq, upd_sq
+
+
+def grads_norm(
+    params: list[torch.Tensor], monitored_sq: torch.Tensor | None, sharded: bool, world: int
+) -> torch.Tensor | None:
+    """The L2 norm of ``params``' gradients and of those whose sum of squares ``monitored_sq``
+    already holds; sharded (FSDP2), this rank's share of the sum of squares instead."""
+    if sharded:
+        rest = local_grads_sq(params, world)
+        if rest is None or monitored_sq is None:
+            return rest if monitored_sq is None else monitored_sq
+        return monitored_sq + rest.to(monitored_sq.device, non_blocking=True)
+    if not params:
+        return monitored_sq.sqrt() if monitored_sq is not None else None
+    # foreach norms grouped per device, combined on the first grad's device: no host sync.
+    grads = [p.grad for p in params]
+    rest = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
+    if monitored_sq is None:
+        return rest
+    return (monitored_sq + rest.to(monitored_sq.device, non_blocking=True).square()).sqrt()
 
 
 def _den(ref: SiteRef, stat: str, sharded: bool) -> str | None:

@@ -12,6 +12,7 @@ docs/integrations.md copies the sharding and ``attach`` lines (``tests/integrati
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -84,8 +85,19 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         out = {"reduced": sink.records, "local": per_rank.records, "stopped": stopped}
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(out, f)
+        dist.barrier()  # FSDP2's last collectives done on both ranks
     finally:
         dist.destroy_process_group()
+    _exit()
+
+
+def _exit() -> None:
+    """Leave without the interpreter's teardown: on a loaded machine, gloo threads still joinable
+    there abort the process ("terminate called without an active exception") after its work is
+    done and written."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _unsharded(steps: int) -> list[dict]:
@@ -162,8 +174,10 @@ def _hsdp_worker(rank: int, port: int, out_dir: str) -> None:
         local.remove()
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"reduced": sink.records, "local": per_rank.records}, f)
+        dist.barrier()  # FSDP2's last collectives done on both ranks
     finally:
         dist.destroy_process_group()
+    _exit()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")

@@ -5,6 +5,9 @@ Hooks append small float32 tensors together with the integer ids of the series t
 of a step :meth:`StepAccumulator.finish` concatenates them and reduces duplicates on the device
 (several forwards in one step, i.e. gradient accumulation, or activation-checkpoint recompute):
 the max of maxima for ``*_max``/``logit_*`` series, the mean of means for ``*_mean`` series.
+*Root* series (:data:`ROOT`: the parameter statistics of a sharded model, FSDP2) carry partial sums
+of squares that add up over ranks, reduced with a sum; their value is ``sqrt(sum)``, or
+``sqrt(sum / sum of a denominator series)`` for ratios, whose denominators are hidden series.
 :class:`HostTransfer` then moves the packed vector to the host once: on CPU directly, on CUDA
 with a non-blocking copy into pinned memory and an event, read back at a later step when the
 event has completed, so the training thread never waits for the device.
@@ -19,7 +22,7 @@ from typing import Any
 
 import torch
 
-MAX, MEAN = 0, 1
+MAX, MEAN, ROOT = 0, 1, 2
 
 
 def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -50,15 +53,31 @@ class StepAccumulator:
         # (tuple of ids) -> (index tensor, counts tensor): the layout repeats every step.
         self._layout_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._is_max: torch.Tensor | None = None
+        self._den: dict[int, int] = {}  # ratio root series -> its denominator series
+        self.hidden: set[int] = set()
+        """Series that are combined but never emitted (ratio denominators)."""
+        self._root: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def register(self, key: str) -> int:
+    def register(
+        self, key: str, kind: int | None = None, den: str | None = None, hidden: bool = False
+    ) -> int:
+        """The id of series ``key``, created with ``kind`` (default :func:`kind_of` its name); a
+        :data:`ROOT` series with ``den`` is ``sqrt(its sum / the sum of series den)``."""
         if key not in self._ids:
             self._ids[key] = len(self.keys)
             self.keys.append(key)
-            self._kinds.append(kind_of(key.rsplit(".", 1)[-1]))
-            self._is_max = None
+            self._kinds.append(kind_of(key.rsplit(".", 1)[-1]) if kind is None else kind)
+            if den is not None:
+                self._den[self._ids[key]] = self.register(den, ROOT, hidden=True)
+            if hidden:
+                self.hidden.add(self._ids[key])
+            self._is_max = self._root = None
             self._layout_cache.clear()
         return self._ids[key]
+
+    @property
+    def has_root(self) -> bool:
+        return ROOT in self._kinds
 
     def add(self, ids: tuple[int, ...], vals: torch.Tensor) -> None:
         """Record ``vals`` (len(ids),) for series ``ids``. Called from hooks: no host sync, and
@@ -114,9 +133,31 @@ class StepAccumulator:
             self._is_max = to_device(torch.tensor([k == MAX for k in self._kinds], dtype=torch.bool), device)
         return self._is_max
 
+    def root_layout(
+        self, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(root-kind mask, ratio mask, denominator index, root-kind indices), cached per device."""
+        if self._root is None or self._root[0].device != device:
+            n = len(self.keys)
+            self._root = (
+                to_device(torch.tensor([k == ROOT for k in self._kinds], dtype=torch.bool), device),
+                to_device(torch.tensor([i in self._den for i in range(n)], dtype=torch.bool), device),
+                to_device(torch.tensor([self._den.get(i, i) for i in range(n)], dtype=torch.long), device),
+                to_device(
+                    torch.tensor([i for i in range(n) if self._kinds[i] == ROOT], dtype=torch.long), device
+                ),
+            )
+        return self._root
+
     def combine(self, maxes: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Per-series value: the max for max-kind series, ``sum / count`` for mean-kind ones."""
-        return torch.where(self.is_max(maxes.device), maxes, sums / counts.clamp(min=1.0))
+        """Per-series value: the max for max-kind series, ``sum / count`` for mean-kind ones,
+        ``sqrt(sum)`` (or ``sqrt(sum / denominator's sum)``) for root-kind ones."""
+        out = torch.where(self.is_max(maxes.device), maxes, sums / counts.clamp(min=1.0))
+        if not self.has_root:
+            return out
+        is_root, is_ratio, den, _ = self.root_layout(sums.device)
+        root = torch.where(is_ratio, sums / sums.index_select(0, den), sums).sqrt()
+        return torch.where(is_root, root, out)
 
 
 class HostTransfer:

@@ -30,10 +30,10 @@ from torch import nn
 
 from stabmon.wire import Sink, is_valid_key
 
-from .accumulate import HostTransfer, StepAccumulator, to_device
+from .accumulate import ROOT, HostTransfer, StepAccumulator, to_device
 from .discovery import NORM_SITES, OUTPUT_SITES, SiteRef
-from .distributed import rank_and_world, reduce_step
-from .param_stats import ParamStats, unwrap_optimizer
+from .distributed import is_dtensor, rank_and_world, reduce_step, sum_over_ranks
+from .param_stats import ParamStats, grads_norm, unwrap_optimizer
 from .site_hooks import SitePlan, site_compute
 
 _UNSET = object()
@@ -109,6 +109,8 @@ class Monitor:
         if plan.params:
             pairs = [(sp.ref, modules[sp.name]) for sp in plan.sites if sp.ref.site in PARAM_SITES]
             self._params = ParamStats(pairs, self._acc, updates=plan.update_stats)
+        # FSDP2 (DTensor parameters): norms from local shards, summed over ranks (.distributed).
+        self._sharded = self._params is not None and self._params.sharded
         # Attention modules whose probes are fed only on the steps that are recorded: with
         # every=N the other steps do no probe work at all.
         self._toggled: list[nn.Module] = []
@@ -128,7 +130,7 @@ class Monitor:
     @property
     def keys(self) -> list[str]:
         """The per-layer series keys this monitor produces (run-level keys come from ``step()``)."""
-        return list(self._acc.keys)
+        return [k for i, k in enumerate(self._acc.keys) if i not in self._acc.hidden]
 
     @property
     def step_index(self) -> int:
@@ -164,6 +166,7 @@ class Monitor:
         if self._removed or id(opt) in self._watched or not hasattr(opt, "register_step_post_hook"):
             return
         self._watched.add(id(opt))
+        self._sharded = self._sharded or any(is_dtensor(p) for g in opt.param_groups for p in g["params"])
         if self.optimizer is None:
             self.optimizer = opt
         self._handles.append(opt.register_step_post_hook(self._after_optimizer_step))
@@ -201,32 +204,20 @@ class Monitor:
             self._holds = (key, self._params.ids <= held)
         return self._holds[1]
 
-    def _grads_list(self, skip: frozenset[int] = frozenset()) -> list[torch.Tensor]:
-        assert self.optimizer is not None
-        return [
-            p.grad
-            for g in self.optimizer.param_groups
-            for p in g["params"]
-            if p.grad is not None and id(p) not in skip
-        ]
-
     def _grads_norm(self, monitored_sq: torch.Tensor | None = None) -> torch.Tensor | None:
         """The L2 norm of every gradient the optimizer holds. ``monitored_sq`` is the sum of
         squares of the parameter statistics' gradients, already computed: only the others
-        (embeddings, parameters outside any site) are reduced again."""
+        (embeddings, parameters outside any site) are reduced again. Sharded (FSDP2): this
+        rank's share of the sum of squares, which :meth:`step` adds to the step as a root series."""
+        assert self.optimizer is not None
         skip: frozenset[int] = frozenset()
         if monitored_sq is not None and self._params is not None and self._optimizer_holds_params():
             skip = self._params.ids
         else:
             monitored_sq = None
-        grads = self._grads_list(skip)
-        if not grads:
-            return monitored_sq.sqrt() if monitored_sq is not None else None
-        # foreach norms grouped per device, combined on the first grad's device: no host sync.
-        rest = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
-        if monitored_sq is None:
-            return rest
-        return (monitored_sq + rest.to(monitored_sq.device, non_blocking=True).square()).sqrt()
+        groups = self.optimizer.param_groups
+        params = [p for g in groups for p in g["params"] if p.grad is not None and id(p) not in skip]
+        return grads_norm(params, monitored_sq, self._sharded, self.world)
 
     # ------------------------------------------------------------------ step
     def step(
@@ -264,6 +255,9 @@ class Monitor:
                 scalars["lr"] = lr
             if grad_norm is None and self.optimizer is not None:
                 grad_norm = self._hook_grad_norm if self._hook_grad_norm is not None else self._grads_norm()
+                if self._sharded and grad_norm is not None:  # a sum of squares, summed over ranks
+                    self._acc.add((self._acc.register("grad_norm", ROOT),), grad_norm.reshape(1).float())
+                    grad_norm = None
             if grad_norm is not None:
                 scalars["grad_norm"] = grad_norm
             for key, value in extra.items():
@@ -296,6 +290,8 @@ class Monitor:
                         f"step({key}=...): expected a number or a one-element tensor, "
                         f"got a tensor of shape {tuple(value.shape)}"
                     )
+                if is_dtensor(value):  # FSDP2's clip_grad_norm_: replicated, read without communication
+                    value = value.full_tensor()
                 dev_keys.append(key)
                 dev_vals.append(value.detach().reshape(1).to(torch.float32))
             else:
@@ -332,6 +328,8 @@ class Monitor:
             if self.rank != 0:
                 return
         else:
+            if self.world > 1 and self._acc.has_root:  # FSDP2 shards: their sums over ranks
+                sums = sum_over_ranks(sums, self._acc.root_layout(sums.device)[3])
             scal = torch.cat(dev_vals) if dev_vals else torch.zeros(0, device=device)
         values = self._acc.combine(maxes, sums, counts)
         vec = torch.cat((values, counts, scal))  # (2n + m,) float32: the step's one transfer
@@ -344,7 +342,7 @@ class Monitor:
             values: dict[str, float] = {}
             keys = self._acc.keys
             for i in range(n):
-                if floats[n + i] > 0:  # the series was recorded this step
+                if floats[n + i] > 0 and i not in self._acc.hidden:  # recorded this step
                     values[keys[i]] = floats[i]
             values.update(zip(dev_keys, floats[2 * n :], strict=True))
             values.update(host)

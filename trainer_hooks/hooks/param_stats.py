@@ -18,7 +18,11 @@ call per operation and reduces per site with one ``index_add_``:
   inside ``m``), ``delta = lr / (1 - lr*wd) * (m_hat / (sqrt(v_hat) + eps) + wd * w)`` with ``w``
   the parameter after the step (AdamW's decoupled decay, exactly).
 
-Other optimizers (SGD, Adafactor, Muon, ...) get ``grad_norm`` and ``param_norm`` only. The results
+Other optimizers (SGD, Adafactor, Muon, ...) get ``grad_norm`` and ``param_norm`` only.
+Parameters sharded by FSDP2 (DTensors) are read through their local shards (``to_local()``: no
+communication) and every statistic is emitted as a *root* series: per-site sums of squares (over
+``numel`` for ``update_rms``; ``update_ratio``'s denominator in a hidden series), added over ranks
+by the step's one collective before the square root (:mod:`.distributed`). The results
 are small device tensors added to the step's accumulator: they travel in the step's one transfer.
 Temporaries are bounded: parameters are processed in chunks of :data:`CHUNK_ELEMENTS` elements.
 """
@@ -33,8 +37,9 @@ from torch import nn
 
 from stabmon.wire import layer_key, model_key
 
-from .accumulate import StepAccumulator, to_device
+from .accumulate import ROOT, StepAccumulator, to_device
 from .discovery import SiteRef
+from .distributed import is_dtensor, local, local_grads_sq, rank_and_world, share
 
 CHUNK_ELEMENTS = 1 << 26
 """At most this many parameter elements per foreach chunk (two float temporaries of this size)."""
@@ -80,10 +85,22 @@ class ParamStats:
         self.numel = [float(p.numel()) for p in self.params]
         self.ids: frozenset[int] = frozenset(id(p) for p in self.params)
         """``id()`` of every monitored parameter."""
+        self.sharded = any(is_dtensor(p) for p in self.params)
+        """FSDP2: statistics from the local shards, as sums of squares added over ranks."""
+        kind = ROOT if self.sharded else None
         self.stat_ids = {
-            stat: [acc.register(_key(ref, stat)) for ref in refs]
+            stat: [acc.register(_key(ref, stat), kind, _den(ref, stat, self.sharded)) for ref in refs]
             for stat in ("grad_norm", "param_norm", *(("update_rms", "update_ratio") if updates else ()))
         }
+        if self.sharded:
+            self.stat_ids["update_ratio_den"] = [acc.register(_key(ref, "update_ratio_den")) for ref in refs]
+        self.weights: torch.Tensor | None = None
+        """Per parameter, 1 / the ranks holding each element (HSDP replicas); None when all 1."""
+        if self.sharded:
+            world = rank_and_world()[1]
+            w = [share(p, world) for p in self.params]
+            if any(x != 1.0 for x in w):
+                self.weights = to_device(torch.tensor(w), self.params[0].device)
         self.everything = tuple(range(len(self.params)))
         self.split = len({p.device for p in self.params}) > 1
         self._cache: dict[Any, Any] = {}
@@ -123,6 +140,19 @@ class ParamStats:
         ids = self.stat_ids[stat]
         acc.add(tuple(ids[s] for s in sites), vals)
 
+    def _weigh(self, sq: torch.Tensor, which: tuple[int, ...]) -> torch.Tensor:
+        """Sharded: ``sq`` (per parameter of ``which``) over each element's replica count."""
+        if self.weights is None:
+            return sq
+        w = self.weights if which == self.everything else self.weights.index_select(0, self._index(which))
+        return sq * w
+
+    def _index(self, which: tuple[int, ...]) -> torch.Tensor:
+        hit = self._cache.get(("idx", which))
+        if hit is None:
+            hit = self._cache[("idx", which)] = to_device(torch.tensor(which), self.params[0].device)
+        return hit
+
     def _stack_sq(self, norms: list[torch.Tensor], device: torch.device) -> torch.Tensor:
         # (P,) squared norms, gathered on one device (a model split over devices); on one device
         # no per-tensor move at all (50 ``to()`` calls cost more than the stack).
@@ -145,9 +175,10 @@ class ParamStats:
             return None
         device = self.params[0].device
         slots, sites, _ = self._layout(self.everything, device)
-        psq = self._stack_sq(torch._foreach_norm(self.params), device)  # (P,) ||w||^2
-        self._emit(acc, "param_norm", sites, self._site_sum(psq, slots, len(sites)).sqrt_())
-        grads = [p.grad for p in self.params]
+        params = [local(p) for p in self.params] if self.sharded else self.params
+        psq = self._weigh(self._stack_sq(torch._foreach_norm(params), device), self.everything)  # ||w||^2
+        self._emit(acc, "param_norm", sites, self._root(self._site_sum(psq, slots, len(sites))))
+        grads = [p.grad if p.grad is None else local(p.grad) for p in self.params]
         with_grad = self.everything
         if any(g is None for g in grads):
             with_grad = tuple(i for i, g in enumerate(grads) if g is not None)
@@ -155,11 +186,17 @@ class ParamStats:
                 return None
             grads = [grads[i] for i in with_grad]
         slots, sites, _ = self._layout(with_grad, device)
-        gsite = self._site_sum(self._stack_sq(torch._foreach_norm(grads), device), slots, len(sites))
-        self._emit(acc, "grad_norm", sites, gsite.sqrt())
+        gsq = self._weigh(self._stack_sq(torch._foreach_norm(grads), device), with_grad)
+        gsite = self._site_sum(gsq, slots, len(sites))
+        self._emit(acc, "grad_norm", sites, self._root(gsite.clone()))
         if self.updates and isinstance(optimizer, ADAM_TYPES):
             self._add_adam(acc, optimizer, psq)
         return gsite.sum()
+
+    def _root(self, sq: torch.Tensor) -> torch.Tensor:
+        """The norm from per-site sums of squares; sharded, the sums themselves (summed over ranks
+        and rooted when the step is combined)."""
+        return sq if self.sharded else sq.sqrt_()
 
     def _group_of(self, optimizer: torch.optim.Optimizer) -> dict[int, int]:
         """Parameter index -> its param group, cached per optimizer."""
@@ -202,9 +239,15 @@ class ParamStats:
         n = len(sites)
         both = torch.cat((*rms_sq, *upd_sq)) if len(rms_sq) > 1 else torch.cat((rms_sq[0], upd_sq[0]))
         if key != self.everything:  # psq in the order the slots follow
-            psq = psq.index_select(0, to_device(torch.tensor(order), device))
+            psq = psq.index_select(0, self._index(key))
+        both = self._weigh(both.view(2, -1), key).view(-1)  # (psq is weighed already)
         # One index_add_ for the three per-site sums: slots offset by 0, n, 2n.
         sums = self._site_sum(torch.cat((both, psq)), self._slots3(key, slots, n), 3 * n).view(3, n)
+        if self.sharded:  # sums over ranks, rooted when the step is combined
+            self._emit(acc, "update_rms", sites, sums[0].div(numel))
+            self._emit(acc, "update_ratio", sites, sums[1])
+            self._emit(acc, "update_ratio_den", sites, sums[2])
+            return
         self._emit(acc, "update_rms", sites, sums[0].div(numel).sqrt_())
         self._emit(acc, "update_ratio", sites, sums[1].div(sums[2]).sqrt_())
 
@@ -226,6 +269,9 @@ class ParamStats:
         """
         params = [self.params[i] for i in chunk]
         states = [optimizer.state[p] for p in params]
+        if self.sharded:  # the local shards of parameters, gradients and moments
+            params = [local(p) for p in params]
+            states = [{k: local(v) for k, v in s.items()} for s in states]
         device = params[0].device
         beta1, beta2 = group["betas"]
         lr, eps, wd = group["lr"], float(group["eps"]), float(group["weight_decay"])
@@ -244,7 +290,7 @@ class ParamStats:
         v = [s["max_exp_avg_sq"] if group.get("amsgrad") else s["exp_avg_sq"] for s in states]
         d = torch._foreach_sqrt(v)  # the one temporary the size of the chunk besides r/u
         torch._foreach_add_(d, eps * s2)  # float or 0-d tensor overload
-        r = torch._foreach_div([p.grad for p in params], d)  # g / d
+        r = torch._foreach_div([local(self.params[i].grad) for i in chunk], d)  # g / d
         rms_sq = self._stack_sq(torch._foreach_norm(r), device) * bc2
         del r
         m = [s["exp_avg"] for s in states]
@@ -265,6 +311,30 @@ class ParamStats:
             u = torch._foreach_div(m, d)
         upd_sq = self._stack_sq(torch._foreach_norm(u), device) * (factor * factor)
         return rms_sq, upd_sq
+
+
+def grads_norm(
+    params: list[torch.Tensor], monitored_sq: torch.Tensor | None, sharded: bool, world: int
+) -> torch.Tensor | None:
+    """The L2 norm of ``params``' gradients and of those whose sum of squares ``monitored_sq``
+    already holds; sharded (FSDP2), this rank's share of the sum of squares instead."""
+    if sharded:
+        rest = local_grads_sq(params, world)
+        if rest is None or monitored_sq is None:
+            return rest if monitored_sq is None else monitored_sq
+        return monitored_sq + rest.to(monitored_sq.device, non_blocking=True)
+    if not params:
+        return monitored_sq.sqrt() if monitored_sq is not None else None
+    # foreach norms grouped per device, combined on the first grad's device: no host sync.
+    grads = [p.grad for p in params]
+    rest = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
+    if monitored_sq is None:
+        return rest
+    return (monitored_sq + rest.to(monitored_sq.device, non_blocking=True).square()).sqrt()
+
+
+def _den(ref: SiteRef, stat: str, sharded: bool) -> str | None:
+    return _key(ref, "update_ratio_den") if sharded and stat == "update_ratio" else None
 
 
 def _chunks(members: list[int], numel: list[float]) -> list[list[int]]:

@@ -136,7 +136,7 @@ def test_train_cli_on_alert_stop(collector, tmp_path):
     cmd = [
         sys.executable, "-m", "stabmon_cli", "train", "--preset", "tiny", "--variant", "baseline",
         "--lr", "1.0",
-        "--warmup", "100", "--steps", "150", "--grad-clip", "0", "--eval-every", "0", "--name", "cli-stop",
+        "--warmup", "100", "--steps", "400", "--grad-clip", "0", "--eval-every", "0", "--name", "cli-stop",
         "--collector", collector.url, "--token", collector.token, "--on-alert", "stop",
         "--out", str(tmp_path / "out"), "--json",
     ]  # fmt: skip
@@ -144,7 +144,9 @@ def test_train_cli_on_alert_stop(collector, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    assert result["stopped_by"] == "callback" and result["steps_run"] < 150
+    # 400 steps leave the collector's answer time to arrive on a loaded machine (the alert
+    # comes within the first ~130); the job must stop on it, well before the end.
+    assert result["stopped_by"] == "callback" and result["steps_run"] < 400, result.get("stopped_by")
     assert list((tmp_path / "out").glob("stopped_step_*.pt"))
     (run,) = [r for r in get(collector, "/api/v1/runs")["items"] if r["name"] == "cli-stop"]
     assert run["status"] == "stopped" and run["summary"]["alert_policy"]["stopped"] is True

@@ -7,7 +7,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from trainer_hooks.lab.data import stdlib_sources
 from trainer_hooks.lab.incidents import (
     Incident,
     byte_permutation,
@@ -16,19 +15,6 @@ from trainer_hooks.lab.incidents import (
     lr_spike,
 )
 from trainer_hooks.lab.train import TrainConfig, Trainer
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "corpus.txt"
-    chunks, size = [], 0
-    for src in stdlib_sources():
-        chunks.append(src.read_bytes())
-        size += len(chunks[-1])
-        if size > 200_000:
-            break
-    path.write_bytes(b"".join(chunks))
-    return str(path)
 
 
 def cfg(corpus, **kw) -> TrainConfig:

@@ -9,23 +9,8 @@ import sys
 import pytest
 import torch
 
-from trainer_hooks.lab.data import stdlib_sources
 from trainer_hooks.lab.optim import lr_at, param_groups
 from trainer_hooks.lab.train import TrainConfig, Trainer, train
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """~200 KB of Python source: enough for tiny runs, no cache involved."""
-    path = tmp_path_factory.mktemp("data") / "corpus.txt"
-    chunks, size = [], 0
-    for src in stdlib_sources():
-        chunks.append(src.read_bytes())
-        size += len(chunks[-1])
-        if size > 200_000:
-            break
-    path.write_bytes(b"".join(chunks))
-    return str(path)
 
 
 def cfg(corpus, **kw) -> TrainConfig:

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from stabmon.net import free_port
+from tests.trainer_hooks._teardown import exit_without_teardown
 from tests.trainer_hooks.test_hooks_support import ListSink, loss_of, nano
 from trainer_hooks.hooks import attach
 from trainer_hooks.hooks.accumulate import MAX, kind_of
@@ -48,8 +49,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         red.remove()
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"local": per_rank.records, "reduced": reduced.records}, f)
+        dist.barrier()  # both ranks done before the group goes
     finally:
         dist.destroy_process_group()
+    exit_without_teardown()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")

@@ -12,7 +12,6 @@ docs/integrations.md copies the sharding and ``attach`` lines (``tests/integrati
 
 import json
 import os
-import sys
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ from torch.distributed.fsdp import fully_shard
 
 from stabmon.net import free_port
 from tests.integrations._tiny import critical_alert
+from tests.trainer_hooks._teardown import exit_without_teardown
 from tests.trainer_hooks.test_hooks_support import ListSink, loss_of, nano
 from trainer_hooks.hooks import attach
 from trainer_hooks.hooks.accumulate import MAX, kind_of
@@ -88,16 +88,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.barrier()  # FSDP2's last collectives done on both ranks
     finally:
         dist.destroy_process_group()
-    _exit()
-
-
-def _exit() -> None:
-    """Leave without the interpreter's teardown: on a loaded machine, gloo threads still joinable
-    there abort the process ("terminate called without an active exception") after its work is
-    done and written."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_teardown()
 
 
 def _unsharded(steps: int) -> list[dict]:
@@ -177,7 +168,7 @@ def _hsdp_worker(rank: int, port: int, out_dir: str) -> None:
         dist.barrier()  # FSDP2's last collectives done on both ranks
     finally:
         dist.destroy_process_group()
-    _exit()
+    exit_without_teardown()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
